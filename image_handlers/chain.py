@@ -1,0 +1,210 @@
+"""The handler chain: every enabled handler, in order, decides; the first yes acts.
+
+``explain`` and ``fetch`` walk the same plan (``_decisions``), so the reasons an
+operator reads are the ones that drove the run. A zero-copy handler that is skipped
+or fails is logged at INFO/WARNING with its reason, never only at DEBUG.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from oslo_config import cfg
+from oslo_log import log as logging
+import stevedore
+
+from image_handlers import conf as ih_conf
+from image_handlers import exceptions
+from image_handlers.glance import GlanceReader
+from image_handlers.handlers.base import Decision, Handler, Request
+from image_handlers.locations import Location
+from image_handlers.ranking import rank_locations
+from image_handlers.results import ELIGIBLE, FAILED, SKIPPED, USED, Attempt, FetchResult
+from image_handlers.targets import FileTarget, Target, parse_target
+from image_handlers.throughput import ThroughputStore
+
+LOG = logging.getLogger(__name__)
+
+NAMESPACE = 'image_handlers.handlers'
+ALL_HANDLERS = '*'
+
+
+def installed_handlers() -> list[str]:
+    """Names of every handler installed on this host (entry points)."""
+    return sorted(stevedore.ExtensionManager(NAMESPACE).names())
+
+
+def load_handlers(conf: cfg.ConfigOpts, names: list[str]) -> list[Handler]:
+    """Instantiate the named handlers in the given order; unknown names are an error."""
+    if not names:
+        raise exceptions.ConfigError(
+            'no handler enabled: set [image_handlers] handlers in nova.conf '
+            '(for example "handlers = stream_copy")')
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise exceptions.ConfigError(
+            f'handler(s) {", ".join(duplicates)} listed twice in [image_handlers]')
+
+    def missing(names_missing):
+        raise exceptions.ConfigError(
+            f'handler(s) {", ".join(sorted(names_missing))} enabled in nova.conf '
+            f'[image_handlers] but not installed; installed: '
+            f'{", ".join(installed_handlers()) or "none"}')
+
+    def failed(manager, entrypoint, exc):
+        raise exceptions.ConfigError(
+            f'handler {entrypoint.name} could not be loaded: {exc}')
+
+    manager = stevedore.NamedExtensionManager(
+        NAMESPACE, names=names, name_order=True, invoke_on_load=True,
+        invoke_args=(conf,), on_missing_entrypoints_callback=missing,
+        on_load_failure_callback=failed)
+    return [ext.obj for ext in manager]
+
+
+class HandlerChain:
+    def __init__(self, conf: cfg.ConfigOpts, virt_driver: str = 'libvirt',
+                 glance: GlanceReader | None = None,
+                 handlers: list[Handler] | None = None):
+        self.conf = conf
+        self.virt_driver = virt_driver
+        self.handlers = handlers if handlers is not None else load_handlers(
+            conf, ih_conf.handler_order(conf, virt_driver))
+        self.glance = glance or GlanceReader(conf)
+        group = conf[ih_conf.GROUP]
+        self.host = group.host
+        self.throughput = ThroughputStore(group.state_dir)
+        self.use_throughput = group.prefer_measured_throughput
+
+    def request(self, image_id: str, target: str | Target, purpose: str = 'spawn',
+                size: int | None = None) -> Request:
+        if not image_id or not isinstance(image_id, str):
+            raise exceptions.ImageNotFound(f'invalid image id {image_id!r}')
+        tgt = parse_target(target) if isinstance(target, str) else target
+        if isinstance(tgt, FileTarget):
+            tgt.check_writable()
+        image = self.glance.get_image(image_id)
+        return Request(image=image, target=tgt, virt_driver=self.virt_driver,
+                       purpose=purpose, size=size, glance_endpoint=self.glance.endpoint,
+                       glance_auth_headers=self.glance.auth_headers)
+
+    # -- the plan -----------------------------------------------------------------
+
+    def _decisions(self, request: Request
+                   ) -> Iterator[tuple[Handler, Location | None, Decision]]:
+        """Every (handler, location) verdict, in the order they would be tried."""
+        for handler in self.handlers:
+            not_served = handler.serves(request)
+            if not_served:
+                yield handler, None, Decision.refuse(not_served)
+                continue
+            candidates = [loc for loc in handler.candidates(request)
+                          if loc.usable]
+            if not candidates:
+                yield handler, None, Decision.refuse(
+                    f'no {"/".join(sorted(handler.schemes))} location among the '
+                    f'image\'s {len(request.image.locations)} location(s)')
+                continue
+            store = self.throughput if self.use_throughput else None
+            for ranked in rank_locations(candidates, self.host, store):
+                try:
+                    decision = handler.decide(request, ranked.location)
+                except exceptions.ImageHandlerError as exc:
+                    decision = Decision.refuse(f'could not decide: {exc}')
+                decision.plan.setdefault('rank', ranked.why)
+                yield handler, ranked.location, decision
+
+    def _unusable(self, request: Request) -> list[Attempt]:
+        return [Attempt(ALL_HANDLERS, loc.display, SKIPPED, loc.problem)
+                for loc in request.image.locations if not loc.usable]
+
+    # -- explain and fetch ------------------------------------------------------------
+
+    def explain(self, request: Request) -> FetchResult:
+        """Dry run: every verdict, and which pair fetch would try first. Writes nothing."""
+        result = FetchResult(image_id=request.image.id, target=request.target.display,
+                             dry_run=True)
+        result.attempts += self._unusable(request)
+        for handler, location, decision in self._decisions(request):
+            where = location.display if location else None
+            outcome = ELIGIBLE if decision.accepted else SKIPPED
+            result.attempts.append(Attempt(handler.name, where, outcome,
+                                           decision.reason, decision.zero_copy))
+            if decision.accepted and result.handler is None:
+                result.handler, result.location = handler.name, where
+                result.zero_copy = decision.zero_copy
+        result.details['location_sources'] = request.image.location_sources
+        return result
+
+    def fetch(self, request: Request) -> FetchResult:
+        """Provide the image at the target; raise NoHandlerAvailable with every reason."""
+        start = time.monotonic()
+        result = FetchResult(image_id=request.image.id, target=request.target.display)
+        result.attempts += self._unusable(request)
+        for handler, location, decision in self._decisions(request):
+            where = location.display if location else None
+            if not decision.accepted:
+                result.attempts.append(Attempt(handler.name, where, SKIPPED,
+                                               decision.reason, False))
+                self._log_not_used(request, handler, where, decision.reason)
+                continue
+            t0 = time.monotonic()
+            try:
+                provided = handler.act(request, location, decision)
+            except exceptions.BadInput:
+                raise  # the request itself is wrong: no other handler can fix it
+            except Exception as exc:  # noqa: BLE001 - any failure moves to the next
+                reason = f'{type(exc).__name__}: {exc}'
+                result.attempts.append(Attempt(handler.name, where, FAILED, reason,
+                                               decision.zero_copy))
+                LOG.warning('image %s: handler %s failed on %s, trying the next: %s',
+                            request.image.id, handler.name, where, reason)
+                continue
+            seconds = time.monotonic() - t0
+            result.attempts.append(Attempt(handler.name, where, USED, decision.reason,
+                                           provided.zero_copy))
+            result.handler, result.location = handler.name, where
+            result.zero_copy = provided.zero_copy
+            result.bytes_transferred = provided.bytes_transferred
+            result.complete = provided.complete
+            result.details.update(provided.details)
+            if location is not None and not provided.zero_copy:
+                self.throughput.record(location.endpoint_key,
+                                       provided.bytes_transferred, seconds)
+            result.seconds = time.monotonic() - start
+            self._log_used(request, result)
+            return result
+        result.seconds = time.monotonic() - start
+        reasons = '; '.join(f'{a.handler}@{a.location or "-"}: {a.reason}'
+                            for a in result.attempts)
+        LOG.error('image %s: no handler could provide it for %s: %s',
+                  request.image.id, request.target.display, reasons)
+        raise exceptions.NoHandlerAvailable(
+            f'no handler could provide image {request.image.id} for '
+            f'{request.target.display}: {reasons}', result)
+
+    def _log_not_used(self, request: Request, handler: Handler, where, reason) -> None:
+        level = LOG.info if _is_zero_copy(handler) else LOG.debug
+        level('image %s: %s not used for %s: %s', request.image.id, handler.name,
+              where or 'any location', reason)
+
+    def _log_used(self, request: Request, result: FetchResult) -> None:
+        passed_over = [a for a in result.attempts
+                       if a.outcome in (SKIPPED, FAILED) and a.handler != result.handler
+                       and self._handler(a.handler) is not None
+                       and _is_zero_copy(self._handler(a.handler))]
+        if not result.zero_copy and passed_over:
+            LOG.warning('image %s provided by %s as a FULL COPY (%d bytes) because: %s',
+                        request.image.id, result.handler, result.bytes_transferred,
+                        '; '.join(f'{a.handler}: {a.reason}' for a in passed_over))
+        else:
+            LOG.info('image %s provided by %s from %s (zero_copy=%s, %d bytes)',
+                     request.image.id, result.handler, result.location,
+                     result.zero_copy, result.bytes_transferred)
+
+    def _handler(self, name: str) -> Handler | None:
+        return next((h for h in self.handlers if h.name == name), None)
+
+
+def _is_zero_copy(handler: Handler) -> bool:
+    return handler.zero_copy

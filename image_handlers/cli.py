@@ -1,0 +1,185 @@
+"""``image-handlers``: fetch, explain, copy and list handlers from the command line.
+
+Exit status: 0 success, 1 no handler could provide the image (or the copy failed),
+2 bad usage or bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from oslo_log import log as logging
+
+from image_handlers import api
+from image_handlers import chain as ih_chain
+from image_handlers import conf as ih_conf
+from image_handlers import exceptions
+from image_handlers.locations import redact_url
+from image_handlers.results import FAILED, USED, Attempt, FetchResult
+
+LOG = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_NO_HANDLER, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 too; keep its message form
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f'{self.prog}: error: {message}\n')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument('--config-file', action='append', default=[],
+                        help='nova.conf-style file (repeatable); default: '
+                             '/etc/nova/nova.conf')
+    common.add_argument('--config-dir', action='append', default=[])
+    common.add_argument('--json', action='store_true', help='print one JSON object')
+    common.add_argument('--virt-driver', default='libvirt',
+                        help='hypervisor whose handler order applies (default libvirt)')
+    common.add_argument('--debug', action='store_true', help='log at DEBUG')
+
+    parser = _Parser(prog='image-handlers', description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+    for name, helptext in (('fetch', 'provide IMAGE_ID at TARGET'),
+                           ('explain', 'dry run: every handler\'s verdict, nothing written')):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument('image_id')
+        p.add_argument('target', help='a file path, or rbd:POOL/NAME')
+        p.add_argument('--purpose', default='spawn',
+                       help='why the disk is needed (spawn, rescue, unshelve, '
+                            'live_migration)')
+        p.add_argument('--size', type=int, default=None,
+                       help='requested disk size in bytes (RBD targets are resized)')
+    p = sub.add_parser('copy', parents=[common], help='stream SOURCE_URL to TARGET')
+    p.add_argument('source_url')
+    p.add_argument('target')
+    p.add_argument('--checksum', help='ALGO:HEX, e.g. sha256:0123...')
+    sub.add_parser('handlers', parents=[common],
+                   help='installed handlers and the enabled order per hypervisor')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        conf = api.make_conf(args.config_file, args.config_dir)
+        if args.debug:
+            conf.set_override('debug', True)
+        logging.setup(conf, 'image_handlers')
+        return _COMMANDS[args.command](conf, args)
+    except exceptions.BadInput as exc:
+        return _fail(args, EXIT_BAD_INPUT, exc)
+    except exceptions.NoHandlerAvailable as exc:
+        if args.json and exc.result is not None:
+            print(json.dumps(exc.result.to_dict(), indent=2))
+        else:
+            if exc.result is not None:
+                _print_result(exc.result)
+            print(f'error: {exc}', file=sys.stderr)
+        return EXIT_NO_HANDLER
+    except exceptions.ImageHandlerError as exc:
+        return _fail(args, EXIT_NO_HANDLER, exc)
+    except Exception as exc:  # a config file that does not parse, and the like
+        from oslo_config import cfg
+        if isinstance(exc, cfg.Error):
+            return _fail(args, EXIT_BAD_INPUT, exc)
+        raise
+
+
+def _fail(args, code: int, exc: Exception) -> int:
+    if getattr(args, 'json', False):
+        print(json.dumps({'error': str(exc), 'error_type': type(exc).__name__}))
+    print(f'error: {exc}', file=sys.stderr)
+    return code
+
+
+def _fetch(conf, args) -> int:
+    result = api.fetch(conf, args.image_id, args.target, args.virt_driver,
+                       args.purpose, args.size)
+    _emit(args, result)
+    return EXIT_OK
+
+
+def _explain(conf, args) -> int:
+    result = api.explain(conf, args.image_id, args.target, args.virt_driver,
+                         args.purpose, args.size)
+    _emit(args, result)
+    return EXIT_OK if result.handler else EXIT_NO_HANDLER
+
+
+def _copy(conf, args) -> int:
+    start = time.monotonic()
+    location = redact_url(args.source_url)
+    result = FetchResult(image_id=None, target=args.target)
+    try:
+        copied = api.copy(conf, args.source_url, args.target, args.checksum).wait()
+    except exceptions.BadInput:
+        raise
+    except exceptions.ImageHandlerError as exc:
+        result.attempts.append(Attempt('stream_copy', location, FAILED, str(exc)))
+        result.seconds = time.monotonic() - start
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        print(f'error: {exc}', file=sys.stderr)
+        return EXIT_NO_HANDLER
+    result.handler, result.location = 'stream_copy', location
+    result.bytes_transferred = copied.bytes_transferred
+    result.seconds = time.monotonic() - start
+    verified = f'verified {copied.checksum}' if copied.checksum else 'no checksum given'
+    result.attempts.append(Attempt('stream_copy', location, USED, verified))
+    result.details = {'resumed_from': copied.resumed_from, 'size': copied.size,
+                      'sparse_bytes': copied.sparse_bytes, 'retries': copied.retries}
+    _emit(args, result)
+    return EXIT_OK
+
+
+def _handlers(conf, args) -> int:
+    installed = ih_chain.installed_handlers()
+    group = conf[ih_conf.GROUP]
+    orders = {'(default)': ih_conf.handler_order(conf, None)}
+    for driver in sorted(group.virt_driver_handlers):
+        orders[driver] = ih_conf.handler_order(conf, driver)
+    if args.json:
+        print(json.dumps({'installed': installed, 'enabled': orders}, indent=2))
+        return EXIT_OK
+    print('installed handlers: ' + (', '.join(installed) or 'none'))
+    for driver, names in orders.items():
+        marks = [n if n in installed else f'{n} (NOT INSTALLED)' for n in names]
+        print(f'enabled for {driver}: {" -> ".join(marks)}')
+    return EXIT_OK
+
+
+_COMMANDS = {'fetch': _fetch, 'explain': _explain, 'copy': _copy,
+             'handlers': _handlers}
+
+
+def _emit(args, result: FetchResult) -> None:
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_result(result)
+
+
+def _print_result(result: FetchResult) -> None:
+    verb = 'would use' if result.dry_run else 'used'
+    print(f'image {result.image_id or "-"} -> {result.target}')
+    if result.handler:
+        extra = '' if result.dry_run else (
+            f', {result.bytes_transferred} bytes in {result.seconds:.2f} s')
+        print(f'  {verb}: {result.handler} from {result.location} '
+              f'(zero_copy={"yes" if result.zero_copy else "no"}{extra})')
+    else:
+        print('  no handler can provide this image')
+    for source in result.details.get('location_sources', []):
+        print(f'  locations: {source}')
+    print('  attempts:')
+    for a in result.attempts:
+        print(f'    {a.outcome:<8} {a.handler:<12} {a.location or "-"}')
+        print(f'             {a.reason}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Options of the ``[image_handlers]`` group of nova.conf.
+
+``list_opts()`` is registered on the ``oslo.config.opts`` entry point, so
+``oslo-config-generator --namespace image_handlers`` documents every option.
+The ``[glance]`` group is Nova's own; we register the keystoneauth options there only
+when Nova has not already (the command runs without Nova).
+"""
+from __future__ import annotations
+
+import socket
+
+from keystoneauth1 import loading as ks_loading
+from oslo_config import cfg
+
+GROUP = 'image_handlers'
+GLANCE_GROUP = 'glance'
+
+handler_opts = [
+    cfg.ListOpt(
+        'handlers', default=['stream_copy'],
+        help='Ordered list of the handlers tried for every image. A name is a '
+             'stevedore extension in the "image_handlers.handlers" namespace; run '
+             '"image-handlers handlers" to list the installed ones. The first '
+             'handler that accepts an image for a target serves it; every other '
+             'handler\'s verdict is reported with its reason.'),
+    cfg.DictOpt(
+        'virt_driver_handlers', default={},
+        help='Per-hypervisor override of "handlers": virt driver name to a '
+             '"+"-separated ordered list, e.g. '
+             '"libvirt:rbd_clone+shared_fs+stream_copy,vmwareapi:stream_copy". '
+             'A virt driver not listed uses "handlers".'),
+    cfg.StrOpt(
+        'host', default=socket.gethostname(), sample_default='<hostname>',
+        help='Name of this host as used in the "host_weights" metadata of image '
+             'locations. Inside Nova, set it to the same value as [DEFAULT] host.'),
+    cfg.StrOpt(
+        'state_dir', default='/var/lib/image_handlers',
+        help='Directory kept on this host for locks and measured per-location '
+             'throughput. Never stored in Glance.'),
+    cfg.BoolOpt(
+        'prefer_measured_throughput', default=True,
+        help='Among locations of equal weight, try the one with the best '
+             'throughput measured on this host first. Locations not measured yet '
+             'are tried before measured ones so that each gets measured once.'),
+    cfg.ListOpt(
+        'http_location_allowed_hosts', default=[],
+        help='Hosts (names or addresses, optionally host:port) whose http(s) '
+             'image locations may be read directly. Any other http(s) location is '
+             'refused, because a location is a claim made by whoever added it and '
+             'reading it from a compute host could reach internal services. The '
+             'image data API of Glance itself is always allowed.'),
+    cfg.BoolOpt(
+        'allow_unverified_copies', default=False,
+        help='Copy images that have neither os_hash_value nor checksum. Off by '
+             'default: without a recorded hash nothing proves the bytes are the '
+             'image\'s.'),
+    cfg.IntOpt(
+        'glance_api_weight', default=0,
+        help='Weight of Glance\'s own image data API among the locations of an '
+             'image (location metadata "weight" works the same way; higher is '
+             'tried first).'),
+]
+
+stream_copy_opts = [
+    cfg.IntOpt('copy_buffer_size', default=8 * 1024 * 1024, min=64 * 1024,
+               help='Bytes per read from the source. Large buffers keep the copy '
+                    'bound by the network and the hash, not by Python.'),
+    cfg.IntOpt('bandwidth_limit', default=0, min=0,
+               help='Maximum bytes per second of one copy; 0 means unlimited. Use '
+                    'it so a download does not starve the instances on this host.'),
+    cfg.IntOpt('copy_retries', default=5, min=0,
+               help='How many times a dropped or failed transfer is resumed within '
+                    'one request before giving up (the partial file is kept for the '
+                    'next request).'),
+    cfg.FloatOpt('copy_retry_backoff', default=0.5, min=0,
+                 help='Seconds before the first retry; doubles on each retry.'),
+    cfg.FloatOpt('copy_retry_backoff_max', default=30.0, min=0,
+                 help='Longest wait between two retries, in seconds.'),
+    cfg.IntOpt('checkpoint_interval', default=64 * 1024 * 1024, min=1024 * 1024,
+               help='Bytes between two durable checkpoints of a copy: after a crash '
+                    'or kill -9 at most this much is fetched again.'),
+    cfg.FloatOpt('progress_interval', default=10.0, min=0.1,
+                 help='Seconds between two progress lines of a copy in the log.'),
+    cfg.FloatOpt('connect_timeout', default=10.0, min=0.1,
+                 help='Seconds to wait for a source to accept a connection.'),
+    cfg.FloatOpt('read_timeout', default=60.0, min=0.1,
+                 help='Seconds to wait for the next bytes from a source.'),
+    cfg.BoolOpt('sparse', default=True,
+                help='Do not write blocks that are all zero (the file stays sparse).'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register our group, and the ``[glance]`` options Nova would have."""
+    conf.register_opts(handler_opts + stream_copy_opts, group=GROUP)
+    _register_glance_opts(conf)
+
+
+def _register_missing(conf: cfg.ConfigOpts, opts, group: str) -> None:
+    """Register only options not already known (Nova registers [glance] itself)."""
+    known = set(conf[group].keys()) if group in conf else set()
+    for opt in opts:
+        if opt.dest not in known:
+            conf.register_opt(opt, group=group)
+
+
+def _register_glance_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(cfg.OptGroup(GLANCE_GROUP))
+    _register_missing(conf, [
+        cfg.IntOpt('num_retries', default=3, min=0,
+                   help='Retries of a failed Glance API call (Nova\'s option).'),
+    ], GLANCE_GROUP)
+    _register_missing(conf, ks_loading.get_session_conf_options(), GLANCE_GROUP)
+    _register_missing(conf, ks_loading.get_auth_common_conf_options(), GLANCE_GROUP)
+    _register_missing(conf, ks_loading.get_adapter_conf_options(), GLANCE_GROUP)
+    conf.set_default('service_type', 'image', group=GLANCE_GROUP)
+
+
+def list_opts():
+    """oslo-config-generator entry point."""
+    return [(GROUP, handler_opts + stream_copy_opts)]
+
+
+def handler_order(conf: cfg.ConfigOpts, virt_driver: str | None) -> list[str]:
+    """The ordered handler names enabled for ``virt_driver``."""
+    group = conf[GROUP]
+    override = group.virt_driver_handlers.get(virt_driver or '') if virt_driver else None
+    if override is not None:
+        return [n.strip() for n in override.split('+') if n.strip()]
+    return [n.strip() for n in group.handlers if n.strip()]

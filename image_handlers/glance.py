@@ -1,0 +1,147 @@
+"""Read an image record and its locations from Glance, the way Nova does.
+
+A keystoneauth session and adapter are built from nova.conf's ``[glance]`` section
+(auth plugin, endpoint, retries), and python-glanceclient talks over them. Locations
+come from three places, in this order, de-duplicated: the image record's
+``locations`` (``show_multiple_locations``), its ``direct_url``
+(``show_image_direct_url``) and the service-only ``GET /v2/images/{id}/locations``.
+"""
+from __future__ import annotations
+
+import glanceclient
+from glanceclient import exc as glance_exc
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import loading as ks_loading
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from image_handlers import conf as ih_conf
+from image_handlers import exceptions
+from image_handlers.image import ImageInfo
+from image_handlers.locations import parse_location
+
+LOG = logging.getLogger(__name__)
+
+_FIELDS = ('status', 'disk_format', 'container_format', 'size', 'virtual_size',
+           'checksum', 'os_hash_algo', 'os_hash_value', 'owner', 'name')
+
+
+class GlanceReader:
+    """Image records, locations and the data endpoint of one Glance."""
+
+    def __init__(self, conf: cfg.ConfigOpts):
+        group = ih_conf.GLANCE_GROUP
+        self._auth = ks_loading.load_auth_from_conf_options(conf, group)
+        self._session = ks_loading.load_session_from_conf_options(
+            conf, group, auth=self._auth)
+        self._adapter = ks_loading.load_adapter_from_conf_options(
+            conf, group, session=self._session, auth=self._auth)
+        self._retries = conf[group].num_retries
+        self._endpoint: str | None = None
+        self._client = None
+
+    @property
+    def endpoint(self) -> str:
+        """The image API root, as the service catalog or endpoint_override says."""
+        if self._endpoint is None:
+            try:
+                endpoint = self._adapter.get_endpoint()
+            except ks_exc.ClientException as exc:
+                raise exceptions.ConfigError(
+                    f'cannot find the Glance endpoint from nova.conf [glance]: {exc}')
+            if not endpoint:
+                raise exceptions.ConfigError(
+                    'no Glance endpoint: set [glance] endpoint_override or a '
+                    'catalog-backed auth plugin in nova.conf')
+            # Version-less root: the data URL adds /v2/... itself.
+            endpoint = endpoint.rstrip('/')
+            for suffix in ('/v2', '/v2.0'):
+                if endpoint.endswith(suffix):
+                    endpoint = endpoint[:-len(suffix)]
+            self._endpoint = endpoint
+        return self._endpoint
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = glanceclient.Client(
+                '2', session=self._session, endpoint_override=self.endpoint)
+        return self._client
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a raw data request (refreshed each call)."""
+        return dict(self._session.get_auth_headers(auth=self._auth) or {})
+
+    def get_image(self, image_id: str) -> ImageInfo:
+        raw = self._call(f'image {image_id}', self.client.images.get, image_id)
+        info = ImageInfo(id=image_id, **{f: raw.get(f) for f in _FIELDS})
+        info.properties = {k: v for k, v in raw.items() if k not in _FIELDS}
+        self._collect_locations(info, raw)
+        return info
+
+    def _collect_locations(self, info: ImageInfo, raw) -> None:
+        entries: list[tuple[str, dict]] = []
+        if 'locations' in raw:
+            entries += [(l.get('url'), l.get('metadata') or {})
+                        for l in raw.get('locations') or []]
+            info.location_sources.append(
+                f'image record: {len(raw.get("locations") or [])} location(s)')
+        else:
+            info.location_sources.append(
+                'image record: no "locations" (Glance show_multiple_locations is off)')
+        if raw.get('direct_url'):
+            entries.append((raw['direct_url'], {}))
+            info.location_sources.append('image record: direct_url')
+        entries += self._locations_api(info)
+        seen: set[str] = set()
+        for url, metadata in entries:
+            if url in seen:
+                continue
+            seen.add(url)
+            info.locations.append(parse_location(url, metadata, len(info.locations)))
+
+    def _locations_api(self, info: ImageInfo) -> list[tuple[str, dict]]:
+        """The service-only locations API (newer Glance); absent is not an error."""
+        get = getattr(self.client.images, 'get_image_locations', None)
+        if get is None:
+            info.location_sources.append(
+                'locations API: not supported by this python-glanceclient')
+            return []
+        try:
+            locs = get(info.id)
+        except (glance_exc.HTTPForbidden, glance_exc.HTTPUnauthorized):
+            info.location_sources.append('locations API: forbidden (needs the service role)')
+            return []
+        except (glance_exc.HTTPNotFound, glance_exc.HTTPMethodNotAllowed,
+                glance_exc.HTTPNotImplemented, glance_exc.HTTPBadRequest):
+            info.location_sources.append('locations API: not offered by this Glance')
+            return []
+        except glance_exc.HTTPException as exc:
+            info.location_sources.append(f'locations API: error {exc}')
+            LOG.warning('Glance locations API failed for image %s: %s', info.id, exc)
+            return []
+        info.location_sources.append(f'locations API: {len(locs)} location(s)')
+        return [(l.get('url'), l.get('metadata') or {}) for l in locs]
+
+    def _call(self, what: str, func, *args):
+        last: Exception | None = None
+        for attempt in range(self._retries + 1):
+            try:
+                return func(*args)
+            except glance_exc.HTTPNotFound:
+                raise exceptions.ImageNotFound(
+                    f'{what} not found in Glance at {self.endpoint} (or not visible '
+                    f'to the configured credentials): check the image id')
+            except (glance_exc.HTTPUnauthorized, glance_exc.HTTPForbidden) as exc:
+                raise exceptions.ConfigError(
+                    f'Glance refused the credentials from nova.conf [glance] '
+                    f'for {what}: {exc}')
+            except (glance_exc.CommunicationError, glance_exc.HTTPServiceUnavailable,
+                    glance_exc.HTTPInternalServerError, ks_exc.ConnectFailure,
+                    ks_exc.ConnectTimeout) as exc:
+                last = exc
+                LOG.warning('Glance call for %s failed (attempt %d of %d): %s',
+                            what, attempt + 1, self._retries + 1, exc)
+        raise exceptions.SourceError(
+            f'Glance at {self.endpoint} did not answer for {what} after '
+            f'{self._retries + 1} attempts: {last}')

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Install everything the project, its tests and its lab need on a fresh Debian 12
+# machine, as root. Idempotent: every step is skipped when its stamp says it is done
+# for the same inputs, so the demo and test commands can call it every time.
+#
+#   tools/install-deps.sh            # all
+#   IH_SKIP_APT=1 tools/install-deps.sh   # virtualenvs only (apt packages already there)
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+state="$top/.lab"
+mkdir -p "$state/stamps"
+
+# Debian's own CPython 3.11: Glance needs >= 3.11, and Debian's rados/rbd bindings are
+# built for exactly this interpreter (a pyenv or 3.12 interpreter cannot load them).
+PY=/usr/bin/python3.11
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev build-essential pkg-config
+  curl nginx-light qemu-utils
+)
+
+stamp_ok() {  # stamp_ok NAME CONTENT -> true when the stamp holds CONTENT
+  [ -f "$state/stamps/$1" ] && [ "$(cat "$state/stamps/$1")" = "$2" ]
+}
+stamp_set() { printf '%s' "$2" >"$state/stamps/$1"; }
+
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+if [ -z "${IH_SKIP_APT:-}" ]; then
+  want="${APT_PACKAGES[*]}"
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  stamp_set apt "$want"
+fi
+
+make_venv() {  # make_venv DIR STAMPNAME REQFILE...
+  local dir=$1 name=$2; shift 2
+  local digest
+  digest=$(cat "$@" | sha256sum | cut -c1-16)
+  if stamp_ok "$name" "$digest" && [ -x "$dir/bin/python" ]; then
+    return 0
+  fi
+  log "virtualenv $dir (from $*)"
+  rm -rf "$dir"
+  "$PY" -m venv "$dir"
+  "$dir/bin/pip" install -q --upgrade pip wheel setuptools
+  local args=()
+  for r in "$@"; do args+=(-r "$r"); done
+  "$dir/bin/pip" install -q "${args[@]}"
+  stamp_set "$name" "$digest"
+}
+
+# The project's own virtualenv: the package (editable) and its test tools.
+make_venv "$top/.venv" venv "$top/requirements.txt" "$top/test-requirements.txt"
+if ! stamp_ok venv-project "$(git -C "$top" rev-parse HEAD 2>/dev/null || echo none):$(sha256sum "$top/setup.cfg" | cut -c1-16)" \
+   || ! "$top/.venv/bin/python" -c 'import image_handlers' 2>/dev/null; then
+  log "installing image_handlers (editable) into .venv"
+  PBR_VERSION=${PBR_VERSION:-0.1.0} "$top/.venv/bin/pip" install -q --no-deps -e "$top"
+  stamp_set venv-project "$(git -C "$top" rev-parse HEAD 2>/dev/null || echo none):$(sha256sum "$top/setup.cfg" | cut -c1-16)"
+fi
+
+# The lab's Glance server lives in a virtualenv of its own, as a service would.
+make_venv "$state/venv-glance" venv-glance "$top/tools/lab/glance-requirements.txt"
+
+log "done"
