@@ -27,6 +27,13 @@ stamp_set() { printf '%s' "$2" >"$state/stamps/$1"; }
 
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 
+quiet() {  # quiet LOGNAME CMD...: run CMD, output to a log shown only on failure
+  local logf="$state/install-$1.log"; shift
+  if ! "$@" >>"$logf" 2>&1; then
+    log "FAILED: $* (last lines of $logf follow)"; tail -n 40 "$logf" >&2; exit 1
+  fi
+}
+
 if [ -z "${IH_SKIP_APT:-}" ]; then
   want="${APT_PACKAGES[*]}"
   missing=()
@@ -36,8 +43,8 @@ if [ -z "${IH_SKIP_APT:-}" ]; then
   if [ ${#missing[@]} -gt 0 ]; then
     log "apt: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    quiet apt apt-get update
+    quiet apt apt-get install -y --no-install-recommends "${missing[@]}"
   fi
   stamp_set apt "$want"
 fi
@@ -52,20 +59,22 @@ make_venv() {  # make_venv DIR STAMPNAME REQFILE...
   log "virtualenv $dir (from $*)"
   rm -rf "$dir"
   "$PY" -m venv "$dir"
-  "$dir/bin/pip" install -q --upgrade pip wheel setuptools
   local args=()
   for r in "$@"; do args+=(-r "$r"); done
-  "$dir/bin/pip" install -q "${args[@]}"
+  quiet "$name" "$dir/bin/pip" install --upgrade pip wheel setuptools
+  quiet "$name" "$dir/bin/pip" install "${args[@]}"
   stamp_set "$name" "$digest"
 }
 
-# The project's own virtualenv: the package (editable) and its test tools.
+# The project's own virtualenv: the package (editable) and its test tools. The
+# editable install only needs redoing when setup.cfg (entry points) changes.
 make_venv "$top/.venv" venv "$top/requirements.txt" "$top/test-requirements.txt"
-if ! stamp_ok venv-project "$(git -C "$top" rev-parse HEAD 2>/dev/null || echo none):$(sha256sum "$top/setup.cfg" | cut -c1-16)" \
+cfg_digest=$(cat "$top/setup.cfg" "$top/requirements.txt" | sha256sum | cut -c1-16)
+if ! stamp_ok venv-project "$cfg_digest" \
    || ! "$top/.venv/bin/python" -c 'import image_handlers' 2>/dev/null; then
   log "installing image_handlers (editable) into .venv"
-  PBR_VERSION=${PBR_VERSION:-0.1.0} "$top/.venv/bin/pip" install -q --no-deps -e "$top"
-  stamp_set venv-project "$(git -C "$top" rev-parse HEAD 2>/dev/null || echo none):$(sha256sum "$top/setup.cfg" | cut -c1-16)"
+  PBR_VERSION=${PBR_VERSION:-0.1.0} quiet venv-project "$top/.venv/bin/pip" install --no-deps -e "$top"
+  stamp_set venv-project "$cfg_digest"
 fi
 
 # The lab's Glance server lives in a virtualenv of its own, as a service would.
