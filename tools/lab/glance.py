@@ -1,0 +1,275 @@
+"""The lab's real Glance 33 API (PyPI) under uWSGI on loopback, without Keystone.
+
+Glance runs from its own venv (``.lab/venv-glance``, built by tools/install-deps.sh)
+exactly as deployed: ``glance.wsgi.api:application`` under uWSGI, a sqlite DB synced by
+``glance-manage``, multi-store config (fs + read-only http). Only Keystone is replaced,
+by tools/lab/glance_labauth.py in the paste pipeline; clients still use keystoneauth's
+``admin_token`` plugin, like Nova with ``[glance] auth_type = admin_token``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .service import (LAB_DIR, LOOPBACK, LabService, ServiceError, free_port, http_ok,
+                      port_open)
+
+GLANCE_VENV = LAB_DIR / "venv-glance"
+LAB_PKG_DIR = Path(__file__).resolve().parent
+CHUNKED_INPUT_LIMIT = 100 * 1024 * 1024  # glanceclient sends 1 MiB chunks; uWSGI default is 1 MiB
+
+# Our pipeline: Glance's own versionnegotiation/context/rootapp with the lab token
+# filter where keystone's authtoken would be. oslo.middleware's healthcheck can only be
+# an app now (as a filter it raises NotImplementedError), so it is mounted beside the
+# API like glance's shipped composites do: effectively
+# "healthcheck versionnegotiation labauth context rootapp".
+LAB_PASTE_SECTIONS = """
+[composite:glance-api-lab]
+paste.composite_factory = glance.api:root_app_factory
+/: api-lab
+/healthcheck: healthcheck-lab
+
+[pipeline:api-lab]
+pipeline = versionnegotiation labauth context rootapp
+
+[app:healthcheck-lab]
+paste.app_factory = oslo_middleware:Healthcheck.app_factory
+backends = disable_by_file
+disable_by_file_path = {workdir}/healthcheck_disable
+
+[filter:labauth]
+paste.filter_factory = glance_labauth:filter_factory
+"""
+
+# Used only if the venv lacks glance's shipped etc/glance/glance-api-paste.ini.
+FALLBACK_PASTE = """
+[composite:rootapp]
+paste.composite_factory = glance.api:root_app_factory
+/: apiversions
+/v2: apiv2app
+
+[app:apiversions]
+paste.app_factory = glance.api.versions:create_resource
+
+[app:apiv2app]
+paste.app_factory = glance.api.v2.router:API.factory
+
+[filter:versionnegotiation]
+paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiationFilter.factory
+
+[filter:context]
+paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
+"""
+
+
+class GlanceService(LabService):
+    """Glance API on 127.0.0.1:<port>; ``endpoint``, ``client(token)``, ``stop()``."""
+
+    name: ClassVar[str] = "glance"
+    start_timeout: ClassVar[float] = 30.0
+    # stop() deletes all of Glance's data anyway, so a graceful drain buys nothing; a
+    # worker still loading the app ignores SIGTERM until uWSGI's 5 s mercy: SIGKILL at 2 s.
+    stop_timeout: ClassVar[float] = 2.0
+
+    def __init__(self, port: int | None = None, *, venv: Path | None = None,
+                 processes: int = 2, threads: int = 4, debug: bool = False,
+                 fs_metadata: dict[str, str] | None = None,
+                 run_dir: Path | None = None) -> None:
+        """port: fixed port (else $IH_LAB_GLANCE_PORT, else the running one, else free).
+        fs_metadata: optional ``{"id":..., "mountpoint":...}`` for the fs store's
+        location metadata (glance_store ``filesystem_store_metadata_file``)."""
+        super().__init__(run_dir)
+        self.venv = Path(venv or GLANCE_VENV)
+        env_port = os.environ.get("IH_LAB_GLANCE_PORT")
+        self.requested_port = port or (int(env_port) if env_port else None)
+        self.processes, self.threads, self.debug = processes, threads, debug
+        self.fs_metadata = fs_metadata
+
+    # -- where things are -------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if "port" not in self.state:
+            raise ServiceError("glance: not started (no port in state)")
+        return int(self.state["port"])
+
+    @property
+    def endpoint(self) -> str:
+        """Image API endpoint, e.g. http://127.0.0.1:PORT (no version suffix)."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def images_dir(self) -> Path:
+        """The fs store's datadir: file:// locations point in here."""
+        return self.workdir / "images"
+
+    def _bin(self, name: str) -> str:
+        path = self.venv / "bin" / name
+        if not path.exists():
+            raise ServiceError(f"glance: {path} missing; run tools/install-deps.sh")
+        return str(path)
+
+    # -- LabService hooks ---------------------------------------------------------
+    def prepare(self) -> None:
+        self.state["port"] = self.requested_port or free_port()
+        if port_open(LOOPBACK, self.port):  # else the health probe could ask a stranger
+            raise ServiceError(f"glance: port {LOOPBACK}:{self.port} is already in use")
+        self.state["endpoint"] = self.endpoint
+        for sub in ("images", "staging", "tasks", "locks", "pylib"):
+            (self.workdir / sub).mkdir()
+        # Only the filter goes on Glance's path: tools/lab itself would shadow the
+        # ``glance`` package with our glance.py.
+        (self.workdir / "pylib" / "glance_labauth.py").symlink_to(
+            LAB_PKG_DIR / "glance_labauth.py")
+        (self.workdir / "glance-api.conf").write_text(self._api_conf())
+        (self.workdir / "glance-api-paste.ini").write_text(self._paste_ini())
+        (self.workdir / "uwsgi.ini").write_text(self._uwsgi_ini())
+        if self.fs_metadata is not None:
+            (self.workdir / "fs-metadata.json").write_text(json.dumps(self.fs_metadata))
+        self._db_sync()
+        self.save_state()
+
+    def command(self) -> list[str]:
+        return [self._bin("uwsgi"), "--ini", str(self.workdir / "uwsgi.ini")]
+
+    def environment(self) -> dict[str, str]:
+        return {"OS_GLANCE_CONFIG_DIR": str(self.workdir),
+                "PYTHONPATH": str(self.workdir / "pylib"), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def is_healthy(self) -> bool:
+        return "port" in self.state and http_ok(self.endpoint + "/healthcheck")
+
+    # -- config files ---------------------------------------------------------------
+    def _api_conf(self) -> str:
+        w = self.workdir
+        meta = f"filesystem_store_metadata_file = {w}/fs-metadata.json\n" \
+            if self.fs_metadata is not None else ""
+        return f"""\
+# Written by tools/lab/glance.py: the lab's Glance, loopback only, no Keystone.
+[DEFAULT]
+debug = {self.debug}
+use_stderr = true
+bind_host = {LOOPBACK}
+bind_port = {self.port}
+public_endpoint = {self.endpoint}
+worker_self_reference_url = {self.endpoint}
+enabled_backends = fs:file, web:http
+show_image_direct_url = True
+show_multiple_locations = True
+image_cache_dir = {w}/cache
+
+[database]
+connection = sqlite:///{w}/glance.sqlite
+
+[glance_store]
+default_backend = fs
+
+[fs]
+filesystem_store_datadir = {w}/images/
+{meta}
+[os_glance_staging_store]
+filesystem_store_datadir = {w}/staging/
+
+[os_glance_tasks_store]
+filesystem_store_datadir = {w}/tasks/
+
+[import_filtering_opts]
+allowed_hosts = [127.0.0.1,localhost]
+allowed_ports = []
+
+[oslo_concurrency]
+lock_path = {w}/locks
+
+[paste_deploy]
+flavor = lab
+config_file = {w}/glance-api-paste.ini
+"""
+
+    def _paste_ini(self) -> str:
+        shipped = self.venv / "etc" / "glance" / "glance-api-paste.ini"
+        base = shipped.read_text() if shipped.exists() else FALLBACK_PASTE
+        return (f"# Glance's own {shipped.name} plus the lab pipeline "
+                f"(tools/lab/glance.py)\n{base}\n"
+                + LAB_PASTE_SECTIONS.format(workdir=self.workdir))
+
+    def _uwsgi_ini(self) -> str:
+        # http-socket, not http: uWSGI's http router breaks chunked uploads.
+        return f"""\
+[uwsgi]
+home = {self.venv}
+module = glance.wsgi.api:application
+http-socket = {LOOPBACK}:{self.port}
+chunked-input-limit = {CHUNKED_INPUT_LIMIT}
+master = true
+processes = {self.processes}
+threads = {self.threads}
+lazy-apps = true
+enable-threads = true
+need-app = true
+die-on-term = true
+thunder-lock = true
+buffer-size = 65535
+# http-socket closes after each response; say so, or clients reuse a dead connection
+# (ConnectionResetError on the next request). devstack does the same.
+add-header = Connection: close
+worker-reload-mercy = 5
+"""
+
+    def _db_sync(self) -> None:
+        """Create the sqlite schema (cached per glance venv: a copy is instant)."""
+        db = self.workdir / "glance.sqlite"
+        cache = LAB_DIR / "cache" / f"glance-{self._venv_stamp()}.sqlite"
+        if cache.exists():
+            shutil.copyfile(cache, db)
+            return
+        cmd = [self._bin("glance-manage"), "--config-file",
+               str(self.workdir / "glance-api.conf"), "db", "sync"]
+        with open(self.log_file, "ab") as log:
+            log.write(f"+ {' '.join(cmd)}\n".encode())
+            log.flush()
+            try:
+                subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=subprocess.STDOUT, timeout=120, check=True,
+                               env=dict(os.environ, **self.environment()))
+            except (subprocess.SubprocessError, OSError) as exc:
+                raise ServiceError(f"glance: db sync failed ({exc}); log {self.log_file}")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        shutil.copyfile(db, tmp)
+        tmp.replace(cache)
+
+    def _venv_stamp(self) -> str:
+        """Changes when the glance venv is rebuilt (install-deps rewrites its stamp)."""
+        stamp = LAB_DIR / "stamps" / "venv-glance"
+        try:
+            return stamp.read_text().strip()[:16] or "x"
+        except OSError:
+            return str(int((self.venv / "pyvenv.cfg").stat().st_mtime))
+
+    # -- clients --------------------------------------------------------------------
+    def session(self, token: str = "lab-admin") -> Any:
+        """keystoneauth Session with the admin_token plugin (what Nova's [glance] uses)."""
+        from keystoneauth1 import loading, session
+        auth = loading.get_plugin_loader("admin_token").load_from_options(
+            endpoint=self.endpoint, token=token)
+        return session.Session(auth=auth)
+
+    def client(self, token: str = "lab-admin") -> Any:
+        """python-glanceclient v2 Client for this Glance as the given lab token."""
+        from glanceclient import Client
+        return Client("2", session=self.session(token))
+
+    def nova_conf(self, token: str = "lab-admin") -> str:
+        """nova.conf snippet pointing Nova's image API client at this Glance."""
+        return (f"[glance]\nauth_type = admin_token\nendpoint = {self.endpoint}\n"
+                f"token = {token}\n")
+
+    def shell_env(self, token: str = "lab-admin") -> str:
+        """Shell exports for clients (glance CLI with --os-auth-token, our tests)."""
+        return (f"export IH_LAB_GLANCE_ENDPOINT={self.endpoint}\n"
+                f"export OS_IMAGE_URL={self.endpoint}\nexport OS_AUTH_TOKEN={token}\n")
+

@@ -1,0 +1,260 @@
+"""Base class for one lab service: a real daemon started detached and stopped cleanly.
+
+Stdlib only: this module is imported by the project's venv (pytest fixtures) and by
+plain ``python3 -m tools.lab``. Every service owns ``<repo>/.lab/run/<name>/`` (config,
+pid file, log, state); ``stop()`` kills its whole process group and removes that dir,
+so a test run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, ClassVar
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LAB_DIR = REPO_ROOT / ".lab"
+RUN_DIR = LAB_DIR / "run"
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceError(RuntimeError):
+    """A lab service failed to start or stop; the message names it and its log."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Ask the kernel for a currently free TCP port (the service binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when url answers 2xx (proxies bypassed: the lab is loopback only)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (index 0 = state), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """Kernel start time of pid: guards against a recycled pid in a stale pid file."""
+    st = _proc_stat(pid)
+    return st[19] if st else None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group pgid."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        st = _proc_stat(int(entry.name))
+        if st and st[0] not in ("Z", "X") and int(st[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """Last lines of a log file, for error messages."""
+    try:
+        data = path.read_bytes()[-16384:].decode("utf-8", "replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(data.splitlines()[-lines:])
+
+
+class LabService:
+    """One daemon of the lab. Subclasses fill in prepare/command/environment/is_healthy."""
+
+    name: ClassVar[str] = "service"
+    start_timeout: ClassVar[float] = 30.0
+    stop_timeout: ClassVar[float] = 10.0
+
+    def __init__(self, run_dir: Path | None = None, *, name: str | None = None) -> None:
+        if name:
+            self.name = name  # type: ignore[misc]  # instance attribute over the ClassVar
+        self.workdir = Path(run_dir or RUN_DIR) / self.name
+        self.pid_file = self.workdir / "pid"
+        self.log_file = self.workdir / f"{self.name}.log"
+        self.state_file = self.workdir / "state.json"
+        self.state: dict[str, Any] = self._load_state()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.reused = False  # start() found it already running: callers may leave it up
+
+    # -- subclass hooks -------------------------------------------------------------
+    def prepare(self) -> None:
+        """Write config into self.workdir and fill self.state (ports...) before spawn."""
+
+    def command(self) -> list[str]:
+        """argv of the daemon, which must stay in the foreground."""
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        """Extra environment variables for the daemon."""
+        return {}
+
+    def is_healthy(self) -> bool:
+        """True once the daemon answers (HTTP health URL or TCP port)."""
+        raise NotImplementedError
+
+    # -- state ----------------------------------------------------------------------
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def save_state(self) -> None:
+        """Persist self.state so other processes (CLI status, fixtures) find the ports."""
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True))
+        tmp.replace(self.state_file)
+
+    def pid(self) -> int | None:
+        """Pid of the running daemon (process-group leader), or None."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        started = self.state.get("pid_start_time") or self._load_state().get("pid_start_time")
+        if _start_time(pid) is None or (started and _start_time(pid) != started):
+            return None
+        return pid
+
+    def is_running(self) -> bool:
+        """True when the daemon's process group still has live members."""
+        pid = self.pid()
+        return pid is not None and bool(group_members(pid))
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> "LabService":
+        """Start (or reuse a healthy running instance); raise ServiceError on failure."""
+        if self.is_running():
+            self.state = self._load_state()
+            if self.is_healthy():
+                self.reused = True
+                return self
+        self.stop()
+        self.reused = False
+        self.workdir.mkdir(parents=True)
+        t0 = time.monotonic()
+        self.prepare()
+        env = dict(os.environ, **self.environment())
+        argv = self.command()
+        with open(self.log_file, "ab") as log:
+            log.write(f"+ {' '.join(argv)}\n".encode())
+            log.flush()
+            try:
+                self._proc = subprocess.Popen(
+                    argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                raise ServiceError(f"{self.name}: cannot run {argv[0]}: {exc}") from exc
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+        self.state["pid_start_time"] = _start_time(self._proc.pid)
+        self.save_state()
+        deadline = t0 + self.start_timeout
+        while True:
+            if self._proc.poll() is not None:
+                self._fail(f"exited with status {self._proc.returncode} during start")
+            if self.is_healthy():
+                break
+            if time.monotonic() > deadline:
+                self._fail(f"not healthy after {self.start_timeout:.0f} s")
+            time.sleep(0.1)
+        self.state["start_seconds"] = round(time.monotonic() - t0, 2)
+        self.save_state()
+        return self
+
+    def _fail(self, why: str) -> None:
+        """Kill what was spawned, keep the work dir for inspection, raise with log tail."""
+        self._kill()
+        raise ServiceError(
+            f"lab service {self.name!r} {why}; log {self.log_file}:\n{tail(self.log_file)}")
+
+    def _kill(self) -> None:
+        """SIGTERM then SIGKILL the process group; reap our child if we spawned it."""
+        pid = self.pid() or (self._proc.pid if self._proc else None)
+        if pid is None:
+            return
+        for sig, wait in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + wait
+            while group_members(pid) and time.monotonic() < deadline:
+                self._reap()
+                time.sleep(0.05)
+            self._reap()
+            if not group_members(pid):
+                break
+        if group_members(pid):
+            raise ServiceError(f"{self.name}: process group {pid} survived SIGKILL")
+        # A leader started by an exited CLI is now init's child: wait (bounded) for init
+        # to reap the zombie so ``pgrep uwsgi`` is empty when stop() returns.
+        deadline = time.monotonic() + 5.0
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            self._proc.poll()
+
+    def stop(self) -> None:
+        """Kill the daemon's process group, wait for it, remove the work dir."""
+        self._kill()
+        if self.workdir.exists():
+            import shutil
+            shutil.rmtree(self.workdir)
+        self._proc = None
+        self.state = {}
+
+    def status(self) -> dict[str, Any]:
+        """Summary for ``python -m tools.lab status``."""
+        return {"name": self.name, "running": self.is_running(), "workdir": str(self.workdir),
+                "log": str(self.log_file), **self._load_state()}
+
+
+def stop_leftovers(run_dir: Path | None = None) -> list[str]:
+    """SIGKILL the process group of every service dir still under run_dir and remove it.
+
+    The safety net of ``python -m tools.lab stop all``: also catches services the CLI
+    does not know (renamed instances such as a second Ceph, crashed starts).
+    """
+    run_dir = Path(run_dir or RUN_DIR)
+    names = sorted(p.name for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []
+    for name in names:
+        svc = LabService(run_dir, name=name)
+        svc.stop_timeout = 0.0  # type: ignore[misc]  # straight to SIGKILL
+        svc.stop()
+    return names
