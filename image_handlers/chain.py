@@ -34,6 +34,13 @@ def installed_handlers() -> list[str]:
     return sorted(stevedore.ExtensionManager(NAMESPACE).names())
 
 
+def installed_readers(scheme: str) -> list[str]:
+    """Installed handlers (enabled or not) that read ``scheme`` locations."""
+    manager = stevedore.ExtensionManager(NAMESPACE, invoke_on_load=False)
+    return sorted(ext.name for ext in manager
+                  if scheme in getattr(ext.plugin, 'schemes', ()))
+
+
 def load_handlers(conf: cfg.ConfigOpts, names: list[str]) -> list[Handler]:
     """Instantiate the named handlers in the given order; unknown names are an error."""
     if not names:
@@ -115,8 +122,20 @@ class HandlerChain:
                 yield handler, ranked.location, decision
 
     def _unusable(self, request: Request) -> list[Attempt]:
-        return [Attempt(ALL_HANDLERS, loc.display, SKIPPED, loc.problem)
-                for loc in request.image.locations if not loc.usable]
+        """Locations no enabled handler will look at, each with the reason."""
+        read = set().union(*(h.schemes for h in self.handlers))
+        attempts = []
+        for loc in request.image.locations:
+            if not loc.usable:
+                attempts.append(Attempt(ALL_HANDLERS, loc.display, SKIPPED, loc.problem))
+            elif loc.scheme not in read:
+                others = installed_readers(loc.scheme)
+                hint = (f'installed handlers that read it: {", ".join(others)}'
+                        if others else 'no installed handler reads it')
+                attempts.append(Attempt(
+                    ALL_HANDLERS, loc.display, SKIPPED,
+                    f'no enabled handler reads {loc.scheme} locations ({hint})'))
+        return attempts
 
     # -- explain and fetch ------------------------------------------------------------
 

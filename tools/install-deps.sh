@@ -18,6 +18,8 @@ PY=/usr/bin/python3.11
 APT_PACKAGES=(
   python3 python3-venv python3-dev build-essential pkg-config
   curl nginx-light qemu-utils
+  # Ceph (the lab's RBD cluster) and Debian's rados/rbd bindings: PyPI has none.
+  ceph-mon ceph-osd ceph-common python3-rbd python3-rados
 )
 
 stamp_ok() {  # stamp_ok NAME CONTENT -> true when the stamp holds CONTENT
@@ -79,5 +81,19 @@ fi
 
 # The lab's Glance server lives in a virtualenv of its own, as a service would.
 make_venv "$state/venv-glance" venv-glance "$top/tools/lab/glance-requirements.txt"
+
+# Debian's rados/rbd bindings are built for /usr/bin/python3.11; both virtualenvs use
+# that interpreter, so linking the extension modules in makes them importable.
+link_ceph_bindings() {  # link_ceph_bindings VENV
+  local site
+  site=$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  for so in /usr/lib/python3/dist-packages/rados.cpython-311-*.so \
+            /usr/lib/python3/dist-packages/rbd.cpython-311-*.so; do
+    [ -e "$so" ] && ln -sf "$so" "$site/$(basename "$so")"
+  done
+  return 0
+}
+link_ceph_bindings "$top/.venv"
+link_ceph_bindings "$state/venv-glance"
 
 log "done"
