@@ -116,6 +116,8 @@ class HandlerChain:
             for ranked in rank_locations(candidates, self.host, store):
                 try:
                     decision = handler.decide(request, ranked.location)
+                except exceptions.BadInput:
+                    raise  # e.g. the target exists: no handler may touch it
                 except exceptions.ImageHandlerError as exc:
                     decision = Decision.refuse(f'could not decide: {exc}')
                 decision.plan.setdefault('rank', ranked.why)

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         conf = api.make_conf(args.config_file, args.config_dir)
         if args.debug:
             conf.set_override('debug', True)
+        # stdout carries the result only (--json must parse); logs go to stderr.
+        conf.set_override('use_stderr', True)
         logging.setup(conf, 'image_handlers')
         return _COMMANDS[args.command](conf, args)
     except exceptions.BadInput as exc:

@@ -17,7 +17,7 @@ GLANCE_GROUP = 'glance'
 
 handler_opts = [
     cfg.ListOpt(
-        'handlers', default=['stream_copy'],
+        'handlers', default=['rbd_clone', 'stream_copy'],
         help='Ordered list of the handlers tried for every image. A name is a '
              'stevedore extension in the "image_handlers.handlers" namespace; run '
              '"image-handlers handlers" to list the installed ones. The first '
@@ -90,10 +90,58 @@ stream_copy_opts = [
 ]
 
 
+rbd_opts = [
+    cfg.StrOpt('rbd_ceph_conf',
+               help='ceph.conf of the cluster that holds instance disks. Default: '
+                    '[libvirt] images_rbd_ceph_conf, else /etc/ceph/ceph.conf.'),
+    cfg.StrOpt('rbd_user',
+               help='RADOS user (without "client.") Default: [libvirt] rbd_user, '
+                    'else "admin".'),
+    cfg.StrOpt('rbd_keyring',
+               help='Keyring file for rbd_user; default: what ceph.conf says.'),
+    cfg.StrOpt('rbd_target_pool',
+               help='Pool that instance disks are cloned into. Default: [libvirt] '
+                    'images_rbd_pool.'),
+    cfg.ListOpt('rbd_allowed_source_pools', default=['images'],
+                help='Pools an rbd:// image location may name. A location in any '
+                     'other pool (for example another tenant\'s disk in "vms") is '
+                     'refused: locations are claims, not facts.'),
+    cfg.ListOpt('rbd_allowed_target_pools', default=[],
+                help='Pools a clone may be created in; empty means only '
+                     'rbd_target_pool.'),
+    cfg.IntOpt('rbd_max_clone_depth', default=3, min=1,
+               help='Longest parent chain a new clone may have (the clone counts). '
+                    'Deep chains slow every read that falls through to a parent.'),
+    cfg.BoolOpt('rbd_flatten', default=False,
+                help='Flatten every clone (copies all data in the cluster; the disk '
+                     'no longer depends on the image).'),
+    cfg.ListOpt('rbd_flatten_purposes', default=['unshelve', 'live_migration'],
+                help='Request purposes for which a clone is flattened, so that a '
+                     'moved or restored disk does not depend on the image.'),
+    cfg.IntOpt('rbd_connect_timeout', default=10, min=1,
+               help='Seconds to wait for the Ceph monitors when connecting.'),
+    cfg.IntOpt('rbd_op_timeout', default=30, min=1,
+               help='Seconds after which one RADOS operation is abandoned.'),
+    cfg.ListOpt('rbd_source_ceph_confs', default=[],
+                help='Further ceph.conf files of clusters that stream_copy may read '
+                     'rbd:// locations from (full copy, hash verified). The cluster '
+                     'is matched by fsid; rbd_ceph_conf is always included.'),
+]
+
+# Nova's own [libvirt] RBD options, registered only when Nova has not (standalone).
+nova_libvirt_rbd_opts = [
+    cfg.StrOpt('images_rbd_pool', default='rbd'),
+    cfg.StrOpt('images_rbd_ceph_conf', default=''),
+    cfg.StrOpt('rbd_user'),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register our group, and the ``[glance]`` options Nova would have."""
-    conf.register_opts(handler_opts + stream_copy_opts, group=GROUP)
+    conf.register_opts(handler_opts + stream_copy_opts + rbd_opts, group=GROUP)
     _register_glance_opts(conf)
+    conf.register_group(cfg.OptGroup('libvirt'))
+    _register_missing(conf, nova_libvirt_rbd_opts, 'libvirt')
 
 
 def _register_missing(conf: cfg.ConfigOpts, opts, group: str) -> None:
@@ -118,7 +166,7 @@ def _register_glance_opts(conf: cfg.ConfigOpts) -> None:
 
 def list_opts():
     """oslo-config-generator entry point."""
-    return [(GROUP, handler_opts + stream_copy_opts)]
+    return [(GROUP, handler_opts + stream_copy_opts + rbd_opts)]
 
 
 def handler_order(conf: cfg.ConfigOpts, virt_driver: str | None) -> list[str]:

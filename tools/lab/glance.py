@@ -79,16 +79,20 @@ class GlanceService(LabService):
     def __init__(self, port: int | None = None, *, venv: Path | None = None,
                  processes: int = 2, threads: int = 4, debug: bool = False,
                  fs_metadata: dict[str, str] | None = None,
+                 ceph: Any = None,
                  run_dir: Path | None = None) -> None:
         """port: fixed port (else $IH_LAB_GLANCE_PORT, else the running one, else free).
         fs_metadata: optional ``{"id":..., "mountpoint":...}`` for the fs store's
-        location metadata (glance_store ``filesystem_store_metadata_file``)."""
+        location metadata (glance_store ``filesystem_store_metadata_file``).
+        ceph: a started CephService: adds the rbd store "ceph" (pool images), so an
+        upload with backend="ceph" gets an rbd://FSID/images/ID/snap location."""
         super().__init__(run_dir)
         self.venv = Path(venv or GLANCE_VENV)
         env_port = os.environ.get("IH_LAB_GLANCE_PORT")
         self.requested_port = port or (int(env_port) if env_port else None)
         self.processes, self.threads, self.debug = processes, threads, debug
         self.fs_metadata = fs_metadata
+        self.ceph = ceph
 
     # -- where things are -------------------------------------------------------
     @property
@@ -140,6 +144,9 @@ class GlanceService(LabService):
         return {"OS_GLANCE_CONFIG_DIR": str(self.workdir),
                 "PYTHONPATH": str(self.workdir / "pylib"), "PYTHONDONTWRITEBYTECODE": "1"}
 
+    def matches_config(self) -> bool:
+        return self.state.get("ceph_fsid") == (self.ceph.fsid if self.ceph else None)
+
     def is_healthy(self) -> bool:
         return "port" in self.state and http_ok(self.endpoint + "/healthcheck")
 
@@ -148,6 +155,14 @@ class GlanceService(LabService):
         w = self.workdir
         meta = f"filesystem_store_metadata_file = {w}/fs-metadata.json\n" \
             if self.fs_metadata is not None else ""
+        rbd_backend, rbd_section = "", ""
+        if self.ceph is not None:
+            # Ceph must be running first: Glance silently disables an unreachable store.
+            rbd_backend = ", ceph:rbd"
+            rbd_section = (f"[ceph]\nrbd_store_pool = images\nrbd_store_user = admin\n"
+                           f"rbd_store_ceph_conf = {self.ceph.conf_path}\n"
+                           f"rbd_store_chunk_size = 8\nrados_connect_timeout = 10\n\n")
+            self.state["ceph_fsid"] = self.ceph.fsid
         return f"""\
 # Written by tools/lab/glance.py: the lab's Glance, loopback only, no Keystone.
 [DEFAULT]
@@ -157,7 +172,7 @@ bind_host = {LOOPBACK}
 bind_port = {self.port}
 public_endpoint = {self.endpoint}
 worker_self_reference_url = {self.endpoint}
-enabled_backends = fs:file, web:http
+enabled_backends = fs:file, web:http{rbd_backend}
 show_image_direct_url = True
 show_multiple_locations = True
 image_cache_dir = {w}/cache
@@ -171,7 +186,7 @@ default_backend = fs
 [fs]
 filesystem_store_datadir = {w}/images/
 {meta}
-[os_glance_staging_store]
+{rbd_section}[os_glance_staging_store]
 filesystem_store_datadir = {w}/staging/
 
 [os_glance_tasks_store]

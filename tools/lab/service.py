@@ -8,6 +8,8 @@ so a test run leaves nothing behind.
 
 from __future__ import annotations
 
+import abc
+
 import json
 import os
 import signal
@@ -91,7 +93,7 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-class LabService:
+class LabService(abc.ABC):
     """One daemon of the lab. Subclasses fill in prepare/command/environment/is_healthy."""
 
     name: ClassVar[str] = "service"
@@ -113,17 +115,22 @@ class LabService:
     def prepare(self) -> None:
         """Write config into self.workdir and fill self.state (ports...) before spawn."""
 
+    @abc.abstractmethod
     def command(self) -> list[str]:
         """argv of the daemon, which must stay in the foreground."""
-        raise NotImplementedError
 
     def environment(self) -> dict[str, str]:
         """Extra environment variables for the daemon."""
         return {}
 
+    @abc.abstractmethod
     def is_healthy(self) -> bool:
         """True once the daemon answers (HTTP health URL or TCP port)."""
-        raise NotImplementedError
+
+    def matches_config(self) -> bool:
+        """False when a running instance was started with other settings than this
+        object's (start() then restarts it instead of reusing it)."""
+        return True
 
     # -- state ----------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -159,7 +166,7 @@ class LabService:
         """Start (or reuse a healthy running instance); raise ServiceError on failure."""
         if self.is_running():
             self.state = self._load_state()
-            if self.is_healthy():
+            if self.is_healthy() and self.matches_config():
                 self.reused = True
                 return self
         self.stop()
