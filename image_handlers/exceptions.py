@@ -26,6 +26,10 @@ class TargetExists(InvalidTarget):
     """The target already exists; we never overwrite or delete an existing disk."""
 
 
+class TargetBusy(InvalidTarget):
+    """Another copy is writing the same target right now (without a shared lock)."""
+
+
 class ImageNotFound(BadInput):
     """Glance does not know the image id (or the caller may not see it)."""
 

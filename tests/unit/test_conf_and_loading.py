@@ -60,7 +60,7 @@ def test_config_generator_documents_every_option(tmp_path):
                     '--namespace', 'image_handlers', '--output-file', str(out)], check=True)
     text = out.read_text()
     for opt in ih_conf.list_opts()[0][1]:
-        assert f'#{opt.dest} = ' in text, opt.dest
+        assert f'#{opt.dest} =' in text, opt.dest
 
 
 def test_checked_in_sample_is_current(tmp_path):

@@ -1,0 +1,391 @@
+"""The full-copy engine: one run of one copy, from lock to published file.
+
+Order of a run: refuse a bad target; take the per-image lock (and reuse a
+target another copy published meanwhile); lock the partial file; resume from
+its checkpoint when it still describes the same source and image; stream with
+retries; verify size and hash; sync; publish by hard link.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from oslo_log import log as logging
+
+from image_handlers import exceptions
+from image_handlers.copy import checkpoint, fsutil, locking
+from image_handlers.copy.cancel import CancelToken
+from image_handlers.copy.checkpoint import Checkpoint, CopyPaths
+from image_handlers.copy.checkpointer import Checkpointer
+from image_handlers.copy.checksum import Checksum
+from image_handlers.copy.options import CopyOptions, CopyResult
+from image_handlers.copy.pipeline import BufferPool, pump
+from image_handlers.copy.progress import Progress
+from image_handlers.copy.ratelimit import TokenBucket
+from image_handlers.copy.source import (Source, Stream, TransientSourceError,
+                                        identity_conflict)
+from image_handlers.copy.sparse import SparseWriter
+
+LOG = logging.getLogger(__name__)
+BUFFERS = 5     # one per stage (read, hash, write) and two to absorb jitter
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyJob:
+    source: Source
+    target: str
+    checksum: Checksum | None
+    expected_size: int | None
+    options: CopyOptions
+    lock_name: str | None
+    description: str
+
+
+def run(job: CopyJob, cancel: CancelToken, progress: Progress) -> CopyResult:
+    paths = CopyPaths.for_target(job.target)
+    fsutil.check_target(paths)
+    if not job.lock_name:
+        return _Transfer(job, paths, cancel, progress).run()
+    lock = locking.lock_path(job.options.lock_dir or paths.directory, job.lock_name)
+    with locking.image_lock(lock, cancel, job.description):
+        if os.path.lexists(paths.target):
+            return _reuse(job, paths, cancel, lock)
+        return _Transfer(job, paths, cancel, progress).run()
+
+
+def _reuse(job: CopyJob, paths: CopyPaths, cancel: CancelToken,
+           lock: str) -> CopyResult:
+    """The target was published by another copy while we waited for the lock:
+    check it instead of copying again; never touch it."""
+    started = time.monotonic()
+    why = (f'target {paths.target} was published by another transfer while this '
+           f'one waited for lock {lock}')
+    fd = os.open(paths.target, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if job.expected_size is not None and size != job.expected_size:
+            raise exceptions.SizeMismatch(
+                f'{why}, but it has {size} bytes where {job.description} has '
+                f'{job.expected_size}; it was left untouched: check and remove it')
+        if job.checksum is not None:
+            actual = _hash_fd(fd, size, job.checksum.new(),
+                              BufferPool.create(1, job.options.buffer_size),
+                              cancel, job.description)
+            if actual != job.checksum.hexdigest:
+                raise exceptions.ChecksumMismatch(
+                    f'{why}, but its {job.checksum.algo} is {actual} where '
+                    f'{job.description} has {job.checksum.hexdigest}; it was left '
+                    f'untouched: check and remove it')
+    finally:
+        os.close(fd)
+    if job.checksum is not None:
+        checked = f'{job.checksum.algo} verified'
+    elif job.expected_size is not None:
+        checked = 'size checked, no checksum given'
+    else:
+        checked = 'not verified: no checksum or size given'
+    LOG.info('%s: %s; reusing it (%s)', job.description, why, checked)
+    return CopyResult(target=paths.target, size=size, bytes_transferred=0,
+                      resumed_from=0, restarts_from_zero=0, retries=0,
+                      seconds=time.monotonic() - started, checksum=job.checksum,
+                      sparse_bytes=0, reused_existing=True)
+
+
+def _hash_fd(fd: int, length: int, hasher, pool: BufferPool, cancel: CancelToken,
+             description: str) -> str:
+    """Hash the first ``length`` bytes of ``fd`` (pread: the offset is untouched)."""
+    _buf, view = pool.buffers[0]
+    pos = 0
+    while pos < length:
+        cancel.check(description)
+        n = os.preadv(fd, [view[:min(len(view), length - pos)]], pos)
+        if not n:
+            raise OSError(f'file ended at byte {pos} of {length}')
+        hasher.update(view[:n])
+        pos += n
+    return hasher.hexdigest()
+
+
+class _Transfer:
+    """State of one run: offset, hash and counters move together."""
+
+    def __init__(self, job: CopyJob, paths: CopyPaths, cancel: CancelToken,
+                 progress: Progress) -> None:
+        self.job = job
+        self.paths = paths
+        self.cancel = cancel
+        self.progress = progress
+        self.opts: CopyOptions = job.options
+        self.offset = 0
+        self.total: int | None = job.expected_size
+        self.hasher = job.checksum.new() if job.checksum else None
+        self.identity: dict | None = None       # of the data in the partial
+        self.received = 0
+        self.retries = 0
+        self.restarts = 0
+        self.resumed_from: int | None = None
+        self.next_checkpoint = self.opts.checkpoint_interval
+        self.pool = BufferPool.create(BUFFERS, self.opts.buffer_size)
+        self.limiter = (TokenBucket(self.opts.bandwidth_limit, sleep=cancel.sleep)
+                        if self.opts.bandwidth_limit else None)
+        self.fd = -1
+        self.writer: SparseWriter | None = None
+        self.checkpointer: Checkpointer | None = None
+
+    # -- the run, with what to keep on each failure -----------------------
+
+    def run(self) -> CopyResult:
+        started = time.monotonic()
+        self.fd, created = locking.open_partial(self.paths)
+        try:
+            self.writer = SparseWriter(self.fd, self.opts.sparse)
+            self._resume_or_start(created)
+            self.checkpointer = Checkpointer(self.fd, self.paths, self._meta())
+            self._transfer()
+            self._verify()
+            os.ftruncate(self.fd, self.offset)     # trailing holes count too
+            os.fsync(self.fd)
+            self._close_checkpointer()
+            fsutil.publish(self.paths)
+            checkpoint.remove(self.paths, partial=False)
+        except (exceptions.CopyCancelled, exceptions.SourceError) as exc:
+            self._keep_for_resume(exc)
+            raise
+        except (exceptions.ChecksumMismatch, exceptions.SizeMismatch,
+                exceptions.TargetExists):
+            self._discard()
+            raise
+        except OSError as exc:
+            if not fsutil.is_disk_full(exc):
+                raise
+            self._discard()
+            raise fsutil.disk_full(self.paths, self.job.description, self.total,
+                                   self.offset) from exc
+        finally:
+            self._close_checkpointer(quiet=True)
+            self._close_fd()
+        return self._result(time.monotonic() - started)
+
+    def _keep_for_resume(self, exc: BaseException) -> None:
+        """Record a final checkpoint so the next run loses nothing; a partial
+        with no data is just removed."""
+        self._close_checkpointer(quiet=True)
+        if self.offset <= 0:
+            checkpoint.remove(self.paths)       # nothing worth resuming
+            return
+        if self.checkpointer is None:
+            return                              # stopped while resuming: the loaded
+                                                # checkpoint still holds
+        try:
+            self.checkpointer.save_now(self.offset)
+        except OSError as save_exc:
+            LOG.warning('%s: could not save the final checkpoint of %s: %s',
+                        self.job.description, self.paths.partial, save_exc)
+            if fsutil.is_disk_full(save_exc):
+                self._discard()
+                return
+        LOG.info('%s: stopped at byte %d (%s); %s and its checkpoint are kept so '
+                 'the next copy resumes', self.job.description, self.offset,
+                 type(exc).__name__, self.paths.partial)
+
+    def _discard(self) -> None:
+        """Delete partial and checkpoint; closing first frees the space now."""
+        self._close_checkpointer(quiet=True)
+        self._close_fd()
+        checkpoint.remove(self.paths)
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _close_checkpointer(self, quiet: bool = False) -> None:
+        if self.checkpointer is None:
+            return
+        try:
+            self.checkpointer.close()
+        except Exception:
+            if not quiet:
+                raise
+
+    # -- resume --------------------------------------------------------------
+
+    def _resume_or_start(self, created: bool) -> None:
+        job = self.job
+        old = checkpoint.load(self.paths)
+        reason = None
+        if old is not None:
+            reason = old.matches(job.expected_size,
+                                 str(job.checksum) if job.checksum else None,
+                                 job.source.identity().get('url'))
+            if reason is None and created:
+                reason = 'the partial file is gone'
+            if (reason is None and job.expected_size is not None
+                    and old.offset > job.expected_size):
+                reason = 'its offset is past the expected size'
+        if old is None or reason:
+            if reason:
+                LOG.info('%s: not resuming %s: %s; starting at byte 0',
+                         job.description, self.paths.partial, reason)
+            checkpoint.remove(self.paths, partial=False)
+            os.ftruncate(self.fd, 0)
+            return
+        os.ftruncate(self.fd, old.offset)
+        self.identity = old.source
+        expect = getattr(job.source, 'expect', None)
+        if expect is not None:
+            expect(old.source)
+        self.offset = old.offset
+        if self.hasher is not None and old.offset:
+            LOG.info('%s: resuming at byte %d of %s; hashing the kept bytes first',
+                     job.description, old.offset, self.paths.partial)
+            _hash_fd(self.fd, old.offset, self.hasher, self.pool, self.cancel,
+                     job.description)
+        self.next_checkpoint = self.offset + self.opts.checkpoint_interval
+
+    def _meta(self) -> Checkpoint:
+        return Checkpoint(offset=0, expected_size=self.job.expected_size,
+                          checksum=str(self.job.checksum) if self.job.checksum else None,
+                          source=dict(self.identity or self.job.source.identity()))
+
+    def _restart(self, why: str) -> None:
+        LOG.warning('%s: %s: starting over from byte 0 (%d bytes copied before are '
+                    'discarded)', self.job.description, why, self.offset)
+        self.restarts += 1
+        self.checkpointer.reset(self._meta())
+        os.ftruncate(self.fd, 0)
+        self.offset = 0
+        self.writer.sparse_bytes = 0
+        self.next_checkpoint = self.opts.checkpoint_interval
+        if self.job.checksum is not None:
+            self.hasher = self.job.checksum.new()
+
+    # -- transfer --------------------------------------------------------
+
+    def _transfer(self) -> None:
+        job = self.job
+        failures = 0
+        self.progress.start(self.offset, self.total)
+        LOG.info('%s: copying to %s%s', job.description, self.paths.target,
+                 f' from byte {self.offset}' if self.offset else '')
+        while True:
+            self.cancel.check(job.description)
+            try:
+                stream = job.source.open(self.offset)
+                try:
+                    if not self._accept(stream):
+                        continue
+                    pump(stream, self.pool,
+                         self._hash if self.hasher is not None else None,
+                         self._write, self.cancel, self.limiter, job.description)
+                finally:
+                    stream.close()
+                if stream.total is not None and self.offset < stream.total:
+                    raise TransientSourceError(
+                        f'{job.source.description} ended at byte {self.offset} of '
+                        f'{stream.total}')
+                return
+            except TransientSourceError as exc:
+                self.cancel.check(job.description)
+                failures += 1
+                if failures > self.opts.retries:
+                    kept = (f'{self.paths.partial} ({self.offset} bytes) is kept and '
+                            f'the next copy resumes from it' if self.offset
+                            else 'no data was received')
+                    raise exceptions.RetriesExhausted(
+                        f'{job.description}: giving up after {self.opts.retries} '
+                        f'retries; last error: {exc}; {kept}') from exc
+                self.retries += 1
+                delay = min(self.opts.retry_backoff_max,
+                            self.opts.retry_backoff * 2 ** (failures - 1))
+                LOG.warning('%s: %s; retry %d of %d in %.1fs from byte %d',
+                            job.description, exc, failures, self.opts.retries,
+                            delay, self.offset)
+                if self.cancel.wait(delay):
+                    self.cancel.check(job.description)
+
+    def _accept(self, stream: Stream) -> bool:
+        """Check a new stream against the partial data; False means reopen."""
+        new_identity = self.job.source.identity()
+        if stream.start != self.offset:
+            if stream.start != 0:
+                raise exceptions.SourceError(
+                    f'{self.job.source.description}: asked for byte {self.offset}, '
+                    f'got data from byte {stream.start}')
+            self._restart(f'{self.job.source.description} ignored the range '
+                          f'request for byte {self.offset} and sends the whole image')
+        elif self.offset and self.identity is not None:
+            conflict = identity_conflict(self.identity, new_identity)
+            if conflict:
+                self._restart(f'{self.job.source.description} changed since the '
+                              f'partial copy was made ({conflict})')
+                return False
+        if self.identity != new_identity:
+            self.identity = new_identity
+            self.checkpointer.set_meta(self._meta())
+        if self.resumed_from is None:
+            self.resumed_from = stream.start
+        total = stream.total
+        if total is not None:
+            expected = self.job.expected_size
+            if expected is not None and total != expected:
+                raise exceptions.SizeMismatch(
+                    f'{self.job.description}: the source has {total} bytes, the '
+                    f'image {expected}; nothing was published to {self.paths.target}')
+            self.total = total
+            self.progress.total = total
+        return True
+
+    def _hash(self, view: memoryview) -> None:
+        """The hasher stage (a thread of its own: see pipeline)."""
+        self.hasher.update(view)
+
+    def _write(self, buf: bytearray, view: memoryview, n: int) -> None:
+        """The writer stage: the buffer the hasher stage just hashed."""
+        offset = self.offset
+        if self.total is not None and offset + n > self.total:
+            raise exceptions.SizeMismatch(
+                f'{self.job.description}: the source sent more than the '
+                f'{self.total} bytes expected; nothing was published to '
+                f'{self.paths.target}')
+        self.writer.write(buf, view, n, offset)
+        self.offset = offset + n
+        self.received += n
+        if self.offset >= self.next_checkpoint:
+            self.checkpointer.request(self.offset)
+            self.next_checkpoint = self.offset + self.opts.checkpoint_interval
+        self.progress.update(self.offset, self.received)
+
+    # -- verification ----------------------------------------------------
+
+    def _verify(self) -> None:
+        job = self.job
+        if job.expected_size is not None and self.offset != job.expected_size:
+            raise exceptions.SizeMismatch(
+                f'{job.description}: received {self.offset} bytes, the image has '
+                f'{job.expected_size}; the partial copy was deleted and nothing was '
+                f'published to {self.paths.target}')
+        if job.checksum is None:
+            return
+        actual = self.hasher.hexdigest()
+        if actual != job.checksum.hexdigest:
+            raise exceptions.ChecksumMismatch(
+                f'{job.description}: checksum mismatch copying to '
+                f'{self.paths.target}: expected {job.checksum}, got '
+                f'{job.checksum.algo}:{actual}; the partial copy was deleted and '
+                f'nothing was published')
+
+    def _result(self, seconds: float) -> CopyResult:
+        rate = self.received / seconds / (1 << 20) if seconds > 0 else 0.0
+        LOG.info('%s: copied to %s: %d bytes (%d received in %.1fs, %.1f MiB/s, '
+                 '%d retries, %d zero bytes left as holes)%s',
+                 self.job.description, self.paths.target, self.offset,
+                 self.received, seconds, rate, self.retries, self.writer.sparse_bytes,
+                 f', {self.job.checksum.algo} verified' if self.job.checksum else '')
+        return CopyResult(
+            target=self.paths.target, size=self.offset,
+            bytes_transferred=self.received,
+            resumed_from=self.resumed_from or 0,
+            restarts_from_zero=self.restarts, retries=self.retries, seconds=seconds,
+            checksum=self.job.checksum, sparse_bytes=self.writer.sparse_bytes)

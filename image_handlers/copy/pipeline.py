@@ -1,0 +1,143 @@
+"""The three-stage pipeline: reader -> hasher -> writer, one thread each.
+
+Socket reads, hashlib updates and os.pwrite on large buffers all release the
+GIL, so the stages overlap on the host's cores: the copy runs at the speed of
+its slowest stage (usually the hash) instead of the sum of the three.
+
+Large buffers are preallocated once and travel through queues; nothing is
+allocated per chunk. A buffer goes reader -> hasher -> writer -> free pool,
+in order, and nobody touches it between: the bytes written are exactly the
+bytes hashed. Errors travel in-band behind the data read before them, so
+when ``pump`` raises, every byte received was hashed and written and the
+caller's offset is exact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable
+
+from image_handlers import exceptions
+from image_handlers.copy.cancel import CancelToken
+from image_handlers.copy.ratelimit import TokenBucket
+from image_handlers.copy.source import Stream, abort_stream
+
+Hash = Callable[[memoryview], None]
+Write = Callable[[bytearray, memoryview, int], None]
+_EOF = object()
+_HALT = None
+
+
+@dataclasses.dataclass
+class BufferPool:
+    buffers: list[tuple[bytearray, memoryview]]
+
+    @classmethod
+    def create(cls, count: int, size: int) -> 'BufferPool':
+        buffers = []
+        for _ in range(count):
+            buf = bytearray(size)
+            buffers.append((buf, memoryview(buf)))
+        return cls(buffers)
+
+    @property
+    def size(self) -> int:
+        return len(self.buffers[0][0])
+
+
+def pump(stream: Stream, pool: BufferPool, hash_: Hash | None, write: Write,
+         cancel: CancelToken, limiter: TokenBucket | None = None,
+         description: str = '') -> None:
+    """Read ``stream`` to its end; ``hash_(view[:n])`` then ``write(buf, view,
+    n)`` every buffer, in order. ``write`` runs on the calling thread."""
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    read_q: queue.SimpleQueue = queue.SimpleQueue()
+    for item in pool.buffers:
+        free.put(item)
+    step = limiter.slice_size(pool.size) if limiter else pool.size
+    threads = [threading.Thread(target=_read, name=f'copy-reader {description}',
+                                args=(stream, free, read_q, step, limiter, cancel,
+                                      description), daemon=True)]
+    if hash_ is None:
+        write_q = read_q
+    else:
+        write_q = queue.SimpleQueue()
+        threads.append(threading.Thread(target=_hash, name=f'copy-hasher {description}',
+                                        args=(hash_, read_q, write_q), daemon=True))
+    with cancel.aborting(lambda: abort_stream(stream)):
+        for thread in threads:
+            thread.start()
+        try:
+            while True:
+                item = write_q.get()
+                if item is _EOF:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                buf, view, n = item
+                write(buf, view, n)
+                free.put((buf, view))
+        finally:
+            free.put(_HALT)
+            read_q.put(_HALT)
+            if threads[0].is_alive():
+                abort_stream(stream)
+            for thread in threads:
+                thread.join()
+
+
+def _read(stream: Stream, free: queue.SimpleQueue, out: queue.SimpleQueue,
+          step: int, limiter: TokenBucket | None, cancel: CancelToken,
+          description: str) -> None:
+    try:
+        while True:
+            item = free.get()
+            if item is _HALT:
+                return
+            buf, view = item
+            n, end = _fill(stream, view, step, limiter, cancel, description)
+            if n:
+                out.put((buf, view, n))
+            if end is not None:
+                out.put(end)
+                return
+    except BaseException as exc:  # handed on to the writing thread
+        out.put(exc)
+
+
+def _hash(hash_: Hash, inp: queue.SimpleQueue, out: queue.SimpleQueue) -> None:
+    try:
+        while True:
+            item = inp.get()
+            if item is _HALT:
+                return
+            if item is not _EOF and not isinstance(item, BaseException):
+                _buf, view, n = item
+                hash_(view[:n])
+            out.put(item)
+            if item is _EOF or isinstance(item, BaseException):
+                return
+    except BaseException as exc:
+        out.put(exc)
+
+
+def _fill(stream: Stream, view: memoryview, step: int, limiter: TokenBucket | None,
+          cancel: CancelToken, description: str) -> tuple[int, object]:
+    """Fill ``view`` (in ``step`` slices). Returns the bytes read and how the
+    stream ended (``_EOF`` or the exception) or None if it goes on: bytes read
+    before a failure are still delivered."""
+    got, size = 0, len(view)
+    try:
+        while got < size:
+            if cancel.cancelled:
+                raise exceptions.CopyCancelled(f'copy of {description} was cancelled')
+            n = stream.readinto(view[got:min(size, got + step)])
+            if not n:
+                return got, _EOF
+            got += n
+            if limiter is not None:
+                limiter.consume(n)
+    except Exception as exc:
+        return got, exc
+    return got, None

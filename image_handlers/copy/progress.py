@@ -1,0 +1,67 @@
+"""Progress of a copy: read by ``CopyTask.progress``, logged every few seconds
+so an operator watching nova-compute's log sees a long copy move."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
+
+class Progress:
+    def __init__(self, description: str, interval: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.description = description
+        self.interval = interval
+        self.done = 0
+        self.total: int | None = None
+        self._clock = clock
+        self._started = clock()
+        self._received_at_start = 0
+        self._last_log = self._started
+
+    def snapshot(self) -> tuple[int, int | None]:
+        return self.done, self.total
+
+    def start(self, done: int, total: int | None) -> None:
+        self.done, self.total = done, total
+        self._started = self._last_log = self._clock()
+
+    def update(self, done: int, received: int) -> None:
+        """Record ``done`` bytes in the file, ``received`` from the source in
+        this run; log when ``interval`` has passed since the last line."""
+        self.done = done
+        now = self._clock()
+        if now - self._last_log < self.interval:
+            return
+        self._last_log = now
+        LOG.info('%s', self.line(now, received))
+
+    def line(self, now: float, received: int) -> str:
+        elapsed = max(now - self._started, 1e-9)
+        rate = received / elapsed
+        if self.total:
+            pct = 100.0 * self.done / self.total
+            eta = (f'ETA {_duration((self.total - self.done) / rate)}' if rate
+                   else 'ETA unknown')
+            where = f'{_size(self.done)} of {_size(self.total)} ({pct:.1f}%)'
+        else:
+            where, eta = f'{_size(self.done)} of unknown size', ''
+        return f'{self.description}: {where} at {_size(rate)}/s {eta}'.rstrip()
+
+
+def _size(n: float) -> str:
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if abs(n) < 1024 or unit == 'TiB':
+            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1024
+    return f'{n:.1f} TiB'
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f'{h}:{m:02d}:{s:02d}'
