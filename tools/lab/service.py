@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAB_DIR = REPO_ROOT / ".lab"
-RUN_DIR = LAB_DIR / "run"
+# IH_LAB_RUN_DIR lets two test runs (or a run and a demo) keep separate services.
+RUN_DIR = Path(os.environ.get("IH_LAB_RUN_DIR") or LAB_DIR / "run")
 LOOPBACK = "127.0.0.1"
 
 

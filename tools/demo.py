@@ -1,0 +1,148 @@
+"""The demo run by ``tools/demo.sh``: the handler chain against the embedded lab.
+
+Starts a real Glance and nginx on loopback, creates a few images that exercise the
+decisions (Glance-stored, http location, no data), runs the real ``image-handlers``
+command on them and prints what each handler did and why. Then interrupts a copy
+with kill -9 and shows it resume. Stops the lab at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tools.lab import GlanceService
+from tools.lab.nginx import NginxService
+from tools.lab.service import LAB_DIR
+
+BIN = Path(sys.executable).parent / 'image-handlers'
+MiB = 1 << 20
+
+
+def banner(text: str) -> None:
+    print(f'\n=== {text} ' + '=' * max(0, 70 - len(text)), flush=True)
+
+
+def run(*args: str, show_json: bool = False) -> subprocess.CompletedProcess:
+    print(f'$ image-handlers {shlex.join(args)}', flush=True)
+    proc = subprocess.run([str(BIN), *args], capture_output=True, text=True)
+    out = proc.stdout
+    if show_json and proc.stdout.strip().startswith('{'):
+        data = json.loads(proc.stdout)
+        out = json.dumps({k: data[k] for k in ('handler', 'location', 'zero_copy',
+                                              'bytes_transferred', 'seconds')}, indent=1)
+    print(out.rstrip())
+    errors = [l for l in proc.stderr.splitlines() if 'error:' in l or 'WARNING' in l]
+    for line in errors[-3:]:
+        print(f'  (stderr) {line[:300]}')
+    print(f'  -> exit status {proc.returncode}', flush=True)
+    return proc
+
+
+def demo_data(size: int) -> bytes:
+    """Random-looking data with zero megabytes in between (a typical raw disk)."""
+    out = bytearray()
+    for i in range(size // MiB):
+        out += bytes(MiB) if i % 4 == 3 else hashlib.sha512(b'%d' % i).digest() * (MiB // 64)
+    return bytes(out)
+
+
+def main() -> int:
+    work = LAB_DIR / 'demo'
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    glance, nginx = GlanceService(), NginxService()
+    try:
+        banner('starting the lab (real Glance 33 API + nginx on 127.0.0.1)')
+        glance.start()
+        nginx.start()
+        print(f'glance at {glance.endpoint}, nginx at {nginx.base_url}')
+        conf = work / 'nova.conf'
+        conf.write_text(glance.nova_conf() + f"""
+[image_handlers]
+handlers = stream_copy
+state_dir = {work}/state
+http_location_allowed_hosts = 127.0.0.1
+progress_interval = 1
+""")
+        print(f'nova.conf for the demo: {conf}\n{conf.read_text()}')
+        client = glance.client()
+
+        data = demo_data(192 * MiB)
+        stored = client.images.create(name='demo-glance-stored', disk_format='raw',
+                                      container_format='bare')
+        client.images.upload(stored['id'], io.BytesIO(data), image_size=len(data))
+        src = work / 'web-image.raw'
+        src.write_bytes(data[:64 * MiB])
+        url = nginx.publish(src)
+        web = client.images.create(name='demo-http-location', disk_format='raw',
+                                   container_format='bare')
+        client.images.add_location(web['id'], url, {}, validation_data={
+            'os_hash_algo': 'sha512',
+            'os_hash_value': hashlib.sha512(data[:64 * MiB]).hexdigest()})
+        empty = client.images.create(name='demo-no-data', disk_format='raw',
+                                     container_format='bare')
+        c = ['--config-file', str(conf)]
+
+        banner('installed handlers and the order enabled per hypervisor')
+        run('handlers', *c)
+
+        banner('explain: what would happen, and why (nothing is written)')
+        run('explain', stored['id'], str(work / 'disk-a.raw'), *c)
+
+        banner('fetch an image stored in Glance (verified, sparse, atomic)')
+        run('fetch', stored['id'], str(work / 'disk-a.raw'), *c, '--json', show_json=True)
+        st = os.stat(work / 'disk-a.raw')
+        print(f'disk-a.raw: {st.st_size} bytes, {st.st_blocks * 512} allocated (sparse)')
+
+        banner('fetch an image whose location is an allowed http server')
+        run('fetch', web['id'], str(work / 'disk-b.raw'), *c)
+
+        banner('an image with no data: every handler says why not (exit 1)')
+        run('fetch', empty['id'], str(work / 'disk-c.raw'), *c)
+
+        banner('an existing disk is never overwritten (exit 2)')
+        run('fetch', stored['id'], str(work / 'disk-a.raw'), *c)
+
+        banner('resume: kill -9 a rate-limited copy half way, then run it again')
+        slow = work / 'slow.conf'
+        slow.write_text(conf.read_text() + 'bandwidth_limit = 41943040\n'
+                        'checkpoint_interval = 8388608\n')
+        target = work / 'disk-d.raw'
+        checksum = 'sha512:' + hashlib.sha512(data[:64 * MiB]).hexdigest()
+        argv = [str(BIN), 'copy', url, str(target), '--checksum', checksum,
+                '--config-file', str(slow), '--json']
+        print(f'$ {shlex.join(argv[1:])} &   # 40 MiB/s limit; kill -9 after 0.9 s')
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.9)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        partial = [p.name for p in work.iterdir() if p.name.startswith('.disk-d')]
+        print(f'killed; kept for resume: {partial}')
+        res = run('copy', url, str(target), '--checksum', checksum, '--config-file',
+                  str(conf), '--json')
+        if res.returncode == 0:
+            details = json.loads(res.stdout)['details']
+            print(f'resumed from byte {details["resumed_from"]} of {64 * MiB}; '
+                  f'{json.loads(res.stdout)["bytes_transferred"]} bytes fetched again')
+        for image in (stored, web, empty):
+            client.images.delete(image['id'])
+    finally:
+        banner('stopping the lab')
+        nginx.stop()
+        glance.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        print('done: nothing left running')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
