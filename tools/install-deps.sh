@@ -17,7 +17,7 @@ PY=/usr/bin/python3.11
 
 APT_PACKAGES=(
   python3 python3-venv python3-dev build-essential pkg-config
-  curl nginx-light qemu-utils
+  curl openssl nginx-light qemu-utils
   # Ceph (the lab's RBD cluster) and Debian's rados/rbd bindings: PyPI has none.
   ceph-mon ceph-osd ceph-common python3-rbd python3-rados
 )

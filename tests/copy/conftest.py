@@ -67,7 +67,8 @@ def tmpfs():
                               capture_output=True, text=True)
         if proc.returncode:
             os.rmdir(path)
-            pytest.skip(f'cannot mount a tmpfs here: {proc.stderr.strip()}')
+            pytest.fail(f'cannot mount a tmpfs (the suite runs as root, as CI does): '
+                        f'{proc.stderr.strip()}')
         mounts.append(path)
         return path
 
@@ -88,5 +89,6 @@ def tls_cert(tmp_path_factory):
                         '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
                        check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f'openssl cannot make a test certificate: {exc}')
+        pytest.fail(f'openssl cannot make a test certificate (tools/install-deps.sh '
+                    f'installs openssl): {exc}')
     return cert, key
