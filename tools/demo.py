@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.lab import GlanceService
+from tools.lab import CephService, GlanceService
 from tools.lab.nginx import NginxService
 from tools.lab.service import LAB_DIR
 
@@ -59,16 +59,24 @@ def main() -> int:
     work = LAB_DIR / 'demo'
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    glance, nginx = GlanceService(), NginxService()
+    ceph, nginx = CephService(), NginxService()
+    glance = GlanceService(ceph=ceph)
     try:
-        banner('starting the lab (real Glance 33 API + nginx on 127.0.0.1)')
+        banner('starting the lab (Ceph, Glance 33 with fs/rbd/http stores, nginx)')
+        ceph.start()
         glance.start()
         nginx.start()
-        print(f'glance at {glance.endpoint}, nginx at {nginx.base_url}')
+        print(f'ceph fsid {ceph.fsid}, glance at {glance.endpoint}, '
+              f'nginx at {nginx.base_url}')
         conf = work / 'nova.conf'
         conf.write_text(glance.nova_conf() + f"""
+[libvirt]
+images_rbd_pool = vms
+images_rbd_ceph_conf = {ceph.conf_path}
+rbd_user = admin
+
 [image_handlers]
-handlers = stream_copy
+handlers = rbd_clone, stream_copy
 state_dir = {work}/state
 http_location_allowed_hosts = 127.0.0.1
 progress_interval = 1
@@ -112,6 +120,28 @@ progress_interval = 1
         banner('an existing disk is never overwritten (exit 2)')
         run('fetch', stored['id'], str(work / 'disk-a.raw'), *c)
 
+        banner('an image in Ceph, instance disk in Ceph: copy-on-write clone (O(1))')
+        in_ceph = client.images.create(name='demo-in-ceph', disk_format='raw',
+                                       container_format='bare')
+        client.images.upload(in_ceph['id'], io.BytesIO(data), image_size=len(data),
+                             backend='ceph')
+        run('fetch', in_ceph['id'], 'rbd:vms/demo-disk', *c)
+
+        banner('the same image for a local-file target: no clone possible, full copy')
+        run('fetch', in_ceph['id'], str(work / 'disk-e.raw'), *c)
+
+        banner('a hostile location: Glance accepts an rbd URL naming ANOTHER image')
+        hostile = client.images.create(name='demo-hostile', disk_format='raw',
+                                       container_format='bare')
+        try:
+            client.images.add_location(
+                hostile['id'], ceph.rbd_url('images', in_ceph['id']), {'store': 'ceph'})
+            print(f'Glance accepted location {ceph.rbd_url("images", in_ceph["id"])} '
+                  f'for image {hostile["id"]}')
+            run('explain', hostile['id'], 'rbd:vms/demo-disk-2', *c)
+        except Exception as exc:  # a future Glance may refuse it: say so
+            print(f'Glance refused the hostile location: {exc}')
+
         banner('resume: kill -9 a rate-limited copy half way, then run it again')
         slow = work / 'slow.conf'
         slow.write_text(conf.read_text() + 'bandwidth_limit = 41943040\n'
@@ -133,12 +163,15 @@ progress_interval = 1
             details = json.loads(res.stdout)['details']
             print(f'resumed from byte {details["resumed_from"]} of {64 * MiB}; '
                   f'{json.loads(res.stdout)["bytes_transferred"]} bytes fetched again')
-        for image in (stored, web, empty):
+        subprocess.run(['rbd', 'rm', 'vms/demo-disk'], env={**os.environ, **ceph.env()},
+                       capture_output=True)
+        for image in (stored, web, empty, in_ceph, hostile):
             client.images.delete(image['id'])
     finally:
         banner('stopping the lab')
         nginx.stop()
         glance.stop()
+        ceph.stop()
         shutil.rmtree(work, ignore_errors=True)
         print('done: nothing left running')
     return 0
