@@ -8,6 +8,7 @@ import dataclasses
 import os
 
 from image_handlers import exceptions
+from image_handlers.copy import checkpoint, fsutil
 
 FILE = 'file'
 RBD = 'rbd'
@@ -31,20 +32,9 @@ class FileTarget(Target):
         return self.path
 
     def check_writable(self) -> None:
-        """Refuse, with what to do, a target we could not publish safely."""
-        directory = os.path.dirname(self.path) or '.'
-        if os.path.lexists(self.path):
-            raise exceptions.TargetExists(
-                f'target {self.path} already exists; image_handlers never overwrites '
-                f'a disk: remove it yourself or choose another path')
-        if not os.path.isdir(directory):
-            raise exceptions.InvalidTarget(
-                f'target directory {directory} does not exist or is not a directory: '
-                f'create it first')
-        if not os.access(directory, os.W_OK | os.X_OK) or _read_only_mount(directory):
-            raise exceptions.InvalidTarget(
-                f'target directory {directory} is not writable (permissions or a '
-                f'read-only mount): choose a writable directory')
+        """Refuse, with what to do, a target we could not publish safely (the copy
+        engine's own check, run early so no handler is even asked)."""
+        fsutil.check_target(checkpoint.CopyPaths.for_target(self.path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +45,6 @@ class RbdTarget(Target):
     @property
     def display(self) -> str:
         return f'rbd:{self.pool}/{self.name}'
-
-
-def _read_only_mount(directory: str) -> bool:
-    try:
-        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 def parse_target(spec: str) -> Target:
