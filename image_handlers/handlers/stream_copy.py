@@ -1,8 +1,15 @@
 """``stream_copy``: the verified, resumable full copy every other handler falls back to.
 
-Sources: http(s) locations on hosts the deployer allows, and Glance's own image data
-API (always a candidate for an active image). The copy engine in
-``image_handlers.copy`` does the work; this module only decides and configures it.
+Sources: http(s) locations on hosts the deployer allows, rbd locations in clusters
+this host can reach (read through librbd when a clone is impossible: a file target,
+or another cluster), and Glance's own image data API (always a candidate for an
+active image). The copy engine in ``image_handlers.copy`` does the work; this module
+only decides and configures it.
+
+A location is a claim (OSSN-0065/0090), so an rbd location is read only when its
+fsid is one of a configured cluster, its pool is an allowed source pool and its RBD
+image is named after the Glance image, as for rbd_clone; the hash check after the
+copy is the final word on the bytes.
 """
 from __future__ import annotations
 
@@ -12,8 +19,11 @@ from oslo_config import cfg
 
 from image_handlers import conf as ih_conf
 from image_handlers import copy as copy_engine
+from image_handlers.copy.rbd_source import RbdSource
 from image_handlers.handlers.base import Decision, Handler, Provided, Request
-from image_handlers.locations import GlanceApiLocation, HttpLocation, Location
+from image_handlers.locations import (GlanceApiLocation, HttpLocation, Location,
+                                      RbdLocation)
+from image_handlers.rbd import claims
 from image_handlers.targets import FILE
 
 
@@ -37,7 +47,7 @@ def copy_options(conf: cfg.ConfigOpts) -> copy_engine.CopyOptions:
 class StreamCopyHandler(Handler):
     name = 'stream_copy'
     target_kinds = frozenset({FILE})
-    schemes = frozenset({'http', 'glance'})
+    schemes = frozenset({'http', 'glance', 'rbd'})
     zero_copy = False
 
     def __init__(self, conf: cfg.ConfigOpts):
@@ -47,6 +57,8 @@ class StreamCopyHandler(Handler):
                               if h.strip()}
         self.allow_unverified = group.allow_unverified_copies
         self.glance_api_weight = group.glance_api_weight
+        self.rbd_clusters = claims.KnownClusters.from_conf(conf)
+        self.rbd_source_pools = set(group.rbd_allowed_source_pools)
 
     def candidates(self, request: Request) -> list[Location]:
         listed = super().candidates(request)
@@ -76,8 +88,25 @@ class StreamCopyHandler(Handler):
                     f'claim; add the host there to read it directly)')
         size = f'{image.size} bytes' if image.size is not None else 'unknown size'
         check = f'verified against {expected.algo}' if expected else 'NOT verified'
+        if isinstance(location, RbdLocation):
+            return self._decide_rbd(request, location, size, check)
         return Decision.accept(f'full copy of {size} from {location.display}, {check}',
                                zero_copy=False)
+
+    def _decide_rbd(self, request: Request, location: RbdLocation, size: str,
+                    check: str) -> Decision:
+        """The claims rbd_clone checks, except protection: a snapshot never changes,
+        and the hash check proves the bytes anyway."""
+        try:
+            claims.check_names(location, request.image, self.rbd_source_pools)
+            cluster = self.rbd_clusters.find(location.fsid)
+            claims.inspect_snapshot(cluster, location, request.image)
+        except claims.Refused as refused:
+            return Decision.refuse(str(refused))
+        return Decision.accept(
+            f'full copy of {size} from {location.display} through librbd '
+            f'(cluster {cluster.fsid}, {cluster.settings.ceph_conf}), {check}',
+            zero_copy=False, cluster=cluster)
 
     def _host_allowed(self, location: HttpLocation) -> bool:
         return (location.host in self.allowed_hosts
@@ -85,9 +114,13 @@ class StreamCopyHandler(Handler):
 
     def act(self, request: Request, location: Location, decision: Decision) -> Provided:
         image = request.image
-        headers = (request.glance_auth_headers
-                   if isinstance(location, GlanceApiLocation) else None)
-        source = copy_engine.HttpSource(location.url, headers=headers)
+        if isinstance(location, RbdLocation):
+            source = RbdSource(decision.plan['cluster'], location.pool, location.image,
+                               location.snapshot, description=location.display)
+        else:
+            headers = (request.glance_auth_headers
+                       if isinstance(location, GlanceApiLocation) else None)
+            source = copy_engine.HttpSource(location.url, headers=headers)
         expected = image.expected_hash
         checksum = (copy_engine.Checksum(expected.algo, expected.hexdigest)
                     if expected else None)
@@ -96,12 +129,16 @@ class StreamCopyHandler(Handler):
             options=copy_options(self.conf), lock_name=f'image-{image.id}',
             description=f'image {image.id} from {location.display}')
         result = task.wait()
-        return Provided(
-            zero_copy=False, bytes_transferred=result.bytes_transferred,
-            details={'verified': str(result.checksum) if result.checksum else None,
-                     'resumed_from': result.resumed_from,
-                     'restarts_from_zero': result.restarts_from_zero,
-                     'retries': result.retries,
-                     'sparse_bytes': result.sparse_bytes,
-                     'reused_existing': result.reused_existing,
-                     'disk_format': image.disk_format})
+        details = {'verified': str(result.checksum) if result.checksum else None,
+                   'resumed_from': result.resumed_from,
+                   'restarts_from_zero': result.restarts_from_zero,
+                   'retries': result.retries,
+                   'sparse_bytes': result.sparse_bytes,
+                   'reused_existing': result.reused_existing,
+                   'disk_format': image.disk_format}
+        if isinstance(source, RbdSource):
+            # Holes are zeros made here, not reads: what the cluster really served.
+            details.update(rbd_bytes_read=source.bytes_read,
+                           rbd_hole_bytes=source.hole_bytes)
+        return Provided(zero_copy=False, bytes_transferred=result.bytes_transferred,
+                        details=details)

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 
 from image_handlers.copy import copy
-from tests.copy.helpers import checkpoint_offset, partial_of, sha512, wait_for
+from tests.copy.helpers import kill_9_at_checkpoint, sha512
 
 MiB = 1 << 20
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,17 +23,10 @@ def test_kill_9_then_a_new_process_resumes(servers, options, image, tmp_path):
     server.faults.pause_after = 3 * MiB + 1234
     target = str(tmp_path / 'disk')
     env = dict(os.environ, PYTHONPATH=REPO)
-    child = subprocess.Popen([sys.executable, '-c', CHILD, server.url, target,
-                              str(sha512(image))], cwd=REPO, env=env)
-    try:
-        wait_for(lambda: checkpoint_offset(target) == 3 * MiB or child.poll() is not None,
-                 'the child to checkpoint 3 MiB')
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
-    assert os.path.exists(partial_of(target)) and not os.path.exists(target)
+    seen = kill_9_at_checkpoint([sys.executable, '-c', CHILD, server.url, target,
+                                 str(sha512(image))], target, 3 * MiB, cwd=REPO,
+                                env=env)
+    assert seen == 3 * MiB      # the server paused there
 
     server.faults.pause_after = None
     server.resume.set()

@@ -96,7 +96,7 @@ def nova_conf(tmp_path, glance_lab, ceph_lab):
         path = tmp_path / f'nova-{uuid.uuid4().hex[:6]}.conf'
         path.write_text(
             glance_lab.nova_conf(glance_token)
-            + f'\n[libvirt]\nimages_rbd_pool = vms\n'
+            + '\n[libvirt]\nimages_rbd_pool = vms\n'
             + f'images_rbd_ceph_conf = {ceph_lab.conf_path}\nrbd_user = admin\n'
             + f'\n[image_handlers]\nstate_dir = {tmp_path / "state"}\n'
             + 'progress_interval = 0.5\ncopy_retry_backoff = 0.05\n' + extra + '\n')
