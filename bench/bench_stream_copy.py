@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import os
 import resource
 import shutil
@@ -32,6 +31,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench.common import hashlib_speed  # noqa: E402
 from tools.lab import GlanceService  # noqa: E402
 from tools.lab.nginx import NginxService  # noqa: E402
 
@@ -70,16 +70,6 @@ def make_data(path: str, size: int) -> str:
             left -= len(chunk)
             i += 1
     return h.hexdigest()
-
-
-def hashlib_speed(size: int = 512 * MiB) -> float:
-    """sha512 on one core over data not already in the CPU caches."""
-    buf = memoryview(bytearray(os.urandom(size)))
-    h = hashlib.sha512()
-    t0 = time.perf_counter()
-    for i in range(0, size, 8 * MiB):
-        h.update(buf[i:i + 8 * MiB])
-    return size / (time.perf_counter() - t0)
 
 
 COPY_SNIPPET = '''
