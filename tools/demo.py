@@ -27,6 +27,14 @@ BIN = Path(sys.executable).parent / 'image-handlers'
 MiB = 1 << 20
 
 
+def _checkpoint_offset(path: Path) -> int:
+    """The durable offset a copy's checkpoint records (0 before the first one)."""
+    try:
+        return json.loads(path.read_text())['offset']
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
 def banner(text: str) -> None:
     print(f'\n=== {text} ' + '=' * max(0, 70 - len(text)), flush=True)
 
@@ -144,15 +152,20 @@ progress_interval = 1
 
         banner('resume: kill -9 a rate-limited copy half way, then run it again')
         slow = work / 'slow.conf'
-        slow.write_text(conf.read_text() + 'bandwidth_limit = 41943040\n'
+        slow.write_text(conf.read_text() + 'bandwidth_limit = 16777216\n'
                         'checkpoint_interval = 8388608\n')
         target = work / 'disk-d.raw'
         checksum = 'sha512:' + hashlib.sha512(data[:64 * MiB]).hexdigest()
         argv = [str(BIN), 'copy', url, str(target), '--checksum', checksum,
                 '--config-file', str(slow), '--json']
-        print(f'$ {shlex.join(argv[1:])} &   # 40 MiB/s limit; kill -9 after 0.9 s')
+        print(f'$ {shlex.join(argv[1:])} &   # 16 MiB/s limit; kill -9 once a '
+              f'checkpoint says 24 MiB are durable')
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.9)
+        checkpoint = work / '.disk-d.raw.part.json'
+        deadline = time.monotonic() + 60
+        while (_checkpoint_offset(checkpoint) < 24 * MiB and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         partial = [p.name for p in work.iterdir() if p.name.startswith('.disk-d')]
@@ -161,8 +174,10 @@ progress_interval = 1
                   str(conf), '--json')
         if res.returncode == 0:
             details = json.loads(res.stdout)['details']
-            print(f'resumed from byte {details["resumed_from"]} of {64 * MiB}; '
-                  f'{json.loads(res.stdout)["bytes_transferred"]} bytes fetched again')
+            print(f'resumed from byte {details["resumed_from"]} of {64 * MiB}: this run '
+                  f'fetched only the remaining '
+                  f'{json.loads(res.stdout)["bytes_transferred"]} bytes, then verified '
+                  f'the whole file')
         subprocess.run(['rbd', 'rm', 'vms/demo-disk'], env={**os.environ, **ceph.env()},
                        capture_output=True)
         for image in (stored, web, empty, in_ceph, hostile):
