@@ -31,7 +31,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench.common import hashlib_speed  # noqa: E402
+from bench.common import hashlib_speed, prime_memory  # noqa: E402
 from tools.lab import GlanceService  # noqa: E402
 from tools.lab.nginx import NginxService  # noqa: E402
 
@@ -94,7 +94,13 @@ with open(sys.argv[2], "wb") as f:
 
 
 class CutProxy(threading.Thread):
-    """TCP proxy that closes the first connection after ``cut_at`` bytes to the client."""
+    """TCP proxy that closes the first connection after ``cut_at`` bytes to the client.
+
+    It records what the client saw: body bytes delivered before the cut, and the
+    Range header of each later request, so the bytes the client asked for twice
+    are measured, not inferred from the server's log (which also counts what was
+    in flight in socket buffers at the cut, lost by any client).
+    """
 
     def __init__(self, upstream_port: int, cut_at: int):
         super().__init__(daemon=True)
@@ -102,6 +108,8 @@ class CutProxy(threading.Thread):
         self.sock = socket.create_server(('127.0.0.1', 0))
         self.port = self.sock.getsockname()[1]
         self.connections = 0
+        self.body_before_cut = 0
+        self.resume_ranges: list[str] = []
 
     def run(self):
         while True:
@@ -116,21 +124,31 @@ class CutProxy(threading.Thread):
     def _serve(self, client, limit):
         up = socket.create_connection(('127.0.0.1', self.upstream_port))
         request = client.recv(65536)
+        if limit is None:
+            for line in request.decode('latin-1').split('\r\n'):
+                if line.lower().startswith('range:'):
+                    self.resume_ranges.append(line.split(':', 1)[1].strip())
         up.sendall(request)
-        sent = 0
+        sent, head = 0, b''
         try:
             while True:
                 data = up.recv(1 << 20)
                 if not data:
                     break
                 if limit is not None and sent + len(data) > limit:
-                    client.sendall(data[:limit - sent])
+                    data = data[:limit - sent]
+                    client.sendall(data)
+                    sent += len(data)
                     break
                 client.sendall(data)
                 sent += len(data)
+                if limit is not None and len(head) < 65536:
+                    head += data[:65536]
         except OSError:
             pass
         finally:
+            if limit is not None:
+                self.body_before_cut = sent - (head.find(b'\r\n\r\n') + 4)
             client.close()
             up.close()
 
@@ -171,6 +189,7 @@ def main() -> int:
         def run(name, argv, out=None, shell=False):
             if out and os.path.exists(out):
                 os.unlink(out)
+            prime_memory(size + 512 * MiB)
             wall, cpu, proc = timed(argv, shell=shell)
             samples.setdefault(name, []).append((size / wall, cpu / gib))
             if out and os.path.exists(out):
@@ -179,12 +198,13 @@ def main() -> int:
 
         dst = os.path.join(work, 'out.raw')
         check = f'sha512:{digest}'
-        run('curl nginx', ['curl', '-sf', '-o', '/dev/null', url])  # warm the cache
-        samples.clear()
         # The machine is shared: a core's speed drifts by 30 % within minutes. So
         # every run is repeated in interleaved rounds, each round with its own hashlib
-        # sample, and the medians are compared.
-        for _ in range(args.rounds):
+        # sample, and the medians are compared. Round 0 is a discarded warm-up, and
+        # every run starts from primed memory (bench.common.prime_memory says why).
+        for round_no in range(args.rounds + 1):
+            if round_no == 1:
+                samples.clear()
             samples.setdefault('hashlib sha512 (1 core)', []).append(
                 (hashlib_speed(), 0.0))
             run('curl nginx', ['curl', '-sf', '-o', '/dev/null', url])
@@ -209,7 +229,10 @@ def main() -> int:
         wall, _, proc = timed([PY, '-c', COPY_SNIPPET,
                                f'http://127.0.0.1:{proxy.port}/image.raw', dst, check, ''])
         os.unlink(dst)
-        resent = nginx_bytes_sent(nginx, 'image.raw') - before - size
+        server_surplus = nginx_bytes_sent(nginx, 'image.raw') - before - size
+        resumed_at = [int(r.split('=')[1].split('-')[0]) for r in proxy.resume_ranges
+                      if r.startswith('bytes=')]
+        asked_twice = (proxy.body_before_cut - resumed_at[0]) if resumed_at else None
         client.images.delete(img['id'])
 
         print(f'\nstream_copy benchmark: {args.size_mib} MiB image, sha512, '
@@ -229,9 +252,17 @@ def main() -> int:
                   f'CPU {cpu / base_cpu:.2f} x curl|sha512sum [<= 1.3]')
         print(f'  bound on this machine for "x glanceclient": hashlib / glanceclient = '
               f'{hash_speed / gc_tp:.2f} (both are sha512-bound here)')
-        print(f'  resume after a cut at 50 %: {max(resent, 0)} bytes sent again '
-              f'(one buffer = {8 * MiB}) [<= one buffer]; bytes received, retries, '
-              f'resumed_from: {proc.stdout.strip()}')
+        if asked_twice is None:
+            print(f'  resume after a cut at 50 %: MISSED, the client sent no Range '
+                  f'request after the cut (requests: {proxy.connections})')
+        else:
+            print(f'  resume after a cut at 50 %: the client got {proxy.body_before_cut} '
+                  f'body bytes, then asked for {proxy.resume_ranges[0]}: '
+                  f'{asked_twice} bytes fetched twice (one buffer = {8 * MiB}) '
+                  f'[<= one buffer] {"ok" if asked_twice <= 8 * MiB else "MISSED"}')
+        print(f'    the server sent {max(server_surplus, 0)} bytes beyond the image '
+              f'size: in flight in socket buffers at the cut, lost by any client; '
+              f'copy: bytes received, retries, resumed_from = {proc.stdout.strip()}')
     finally:
         nginx.stop()
         glance.stop()
