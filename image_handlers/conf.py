@@ -87,6 +87,13 @@ stream_copy_opts = [
                  help='Seconds to wait for the next bytes from a source.'),
     cfg.BoolOpt('sparse', default=True,
                 help='Do not write blocks that are all zero (the file stays sparse).'),
+    cfg.BoolOpt('direct_io', default=True,
+                help='Write image data with O_DIRECT where the file system supports '
+                     'it: the bytes bypass the page cache, so a large copy neither '
+                     'evicts the pages instances on this host use nor spends about '
+                     'a second of kernel CPU per GiB filling the cache. Unaligned '
+                     'heads and tails, and file systems without O_DIRECT, are '
+                     'written through the page cache.'),
 ]
 
 

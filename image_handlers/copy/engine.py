@@ -20,7 +20,9 @@ from image_handlers.copy.checkpoint import Checkpoint, CopyPaths
 from image_handlers.copy.checkpointer import Checkpointer
 from image_handlers.copy.checksum import Checksum
 from image_handlers.copy.options import CopyOptions, CopyResult
-from image_handlers.copy.pipeline import BufferPool, pump
+from image_handlers.copy.buffers import Buffer, BufferPool
+from image_handlers.copy.direct_io import DataFile
+from image_handlers.copy.pipeline import pump
 from image_handlers.copy.progress import Progress
 from image_handlers.copy.ratelimit import TokenBucket
 from image_handlers.copy.source import (Source, Stream, TransientSourceError,
@@ -95,7 +97,7 @@ def _reuse(job: CopyJob, paths: CopyPaths, cancel: CancelToken,
 def _hash_fd(fd: int, length: int, hasher, pool: BufferPool, cancel: CancelToken,
              description: str) -> str:
     """Hash the first ``length`` bytes of ``fd`` (pread: the offset is untouched)."""
-    _buf, view = pool.buffers[0]
+    view = pool.buffers[0].view
     pos = 0
     while pos < length:
         cancel.check(description)
@@ -130,6 +132,8 @@ class _Transfer:
         self.limiter = (TokenBucket(self.opts.bandwidth_limit, sleep=cancel.sleep)
                         if self.opts.bandwidth_limit else None)
         self.fd = -1
+        self.data: DataFile | None = None
+        self.direct_bytes = 0
         self.writer: SparseWriter | None = None
         self.checkpointer: Checkpointer | None = None
 
@@ -139,7 +143,8 @@ class _Transfer:
         started = time.monotonic()
         self.fd, created = locking.open_partial(self.paths)
         try:
-            self.writer = SparseWriter(self.fd, self.opts.sparse)
+            self.data = DataFile(self.fd, self.opts.direct_io, self.job.description)
+            self.writer = SparseWriter(self.data.pwrite, self.opts.sparse)
             self._resume_or_start(created)
             self.checkpointer = Checkpointer(self.fd, self.paths, self._meta())
             self._transfer()
@@ -196,6 +201,10 @@ class _Transfer:
         checkpoint.remove(self.paths)
 
     def _close_fd(self) -> None:
+        if self.data is not None:
+            self.data.close()
+            self.direct_bytes += self.data.direct_bytes
+            self.data = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -341,7 +350,7 @@ class _Transfer:
         """The hasher stage (a thread of its own: see pipeline)."""
         self.hasher.update(view)
 
-    def _write(self, buf: bytearray, view: memoryview, n: int) -> None:
+    def _write(self, buffer: Buffer, n: int) -> None:
         """The writer stage: the buffer the hasher stage just hashed."""
         offset = self.offset
         if self.total is not None and offset + n > self.total:
@@ -349,7 +358,7 @@ class _Transfer:
                 f'{self.job.description}: the source sent more than the '
                 f'{self.total} bytes expected; nothing was published to '
                 f'{self.paths.target}')
-        self.writer.write(buf, view, n, offset)
+        self.writer.write(buffer, n, offset)
         self.offset = offset + n
         self.received += n
         if self.offset >= self.next_checkpoint:
@@ -388,4 +397,5 @@ class _Transfer:
             bytes_transferred=self.received,
             resumed_from=self.resumed_from or 0,
             restarts_from_zero=self.restarts, retries=self.retries, seconds=seconds,
-            checksum=self.job.checksum, sparse_bytes=self.writer.sparse_bytes)
+            checksum=self.job.checksum, sparse_bytes=self.writer.sparse_bytes,
+            direct_bytes=self.direct_bytes)

@@ -21,6 +21,7 @@ class CopyOptions:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     sparse: bool = True                 # do not write all-zero blocks
+    direct_io: bool = True              # write by O_DIRECT where the file system can
     lock_dir: str | None = None         # where per-image lock files live (default: target dir)
 
     def __post_init__(self) -> None:
@@ -53,3 +54,4 @@ class CopyResult:
     checksum: Checksum | None   # the verified checksum, None when none was given
     sparse_bytes: int           # zero bytes skipped instead of written
     reused_existing: bool = False
+    direct_bytes: int = 0       # of the bytes written, those that bypassed the page cache

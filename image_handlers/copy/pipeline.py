@@ -13,44 +13,32 @@ caller's offset is exact.
 """
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 from collections.abc import Callable
 
 from image_handlers import exceptions
+from image_handlers.copy.buffers import ALIGN, Buffer, BufferPool
 from image_handlers.copy.cancel import CancelToken
 from image_handlers.copy.ratelimit import TokenBucket
 from image_handlers.copy.source import Stream, abort_stream
 
 Hash = Callable[[memoryview], None]
-Write = Callable[[bytearray, memoryview, int], None]
+Write = Callable[[Buffer, int], None]
 _EOF = object()
 _HALT = None
-
-
-@dataclasses.dataclass
-class BufferPool:
-    buffers: list[tuple[bytearray, memoryview]]
-
-    @classmethod
-    def create(cls, count: int, size: int) -> 'BufferPool':
-        buffers = []
-        for _ in range(count):
-            buf = bytearray(size)
-            buffers.append((buf, memoryview(buf)))
-        return cls(buffers)
-
-    @property
-    def size(self) -> int:
-        return len(self.buffers[0][0])
 
 
 def pump(stream: Stream, pool: BufferPool, hash_: Hash | None, write: Write,
          cancel: CancelToken, limiter: TokenBucket | None = None,
          description: str = '') -> None:
-    """Read ``stream`` to its end; ``hash_(view[:n])`` then ``write(buf, view,
-    n)`` every buffer, in order. ``write`` runs on the calling thread."""
+    """Read ``stream`` to its end; ``hash_(buffer.view[:n])`` then ``write(buffer,
+    n)`` every buffer, in order. ``write`` runs on the calling thread.
+
+    A stream starting at an odd byte (a resume) fills its first buffer from as
+    far into the buffer's first page as that byte is into its page of the file:
+    memory and file stay aligned together, and every later buffer starts on a
+    page boundary of both, as O_DIRECT wants them."""
     free: queue.SimpleQueue = queue.SimpleQueue()
     read_q: queue.SimpleQueue = queue.SimpleQueue()
     for item in pool.buffers:
@@ -75,9 +63,9 @@ def pump(stream: Stream, pool: BufferPool, hash_: Hash | None, write: Write,
                     return
                 if isinstance(item, BaseException):
                     raise item
-                buf, view, n = item
-                write(buf, view, n)
-                free.put((buf, view))
+                buffer, n = item
+                write(buffer, n)
+                free.put(buffer.whole)
         finally:
             free.put(_HALT)
             read_q.put(_HALT)
@@ -90,15 +78,17 @@ def pump(stream: Stream, pool: BufferPool, hash_: Hash | None, write: Write,
 def _read(stream: Stream, free: queue.SimpleQueue, out: queue.SimpleQueue,
           step: int, limiter: TokenBucket | None, cancel: CancelToken,
           description: str) -> None:
+    skip = stream.start % ALIGN      # the first buffer starts that far into a page
     try:
         while True:
-            item = free.get()
-            if item is _HALT:
+            buffer = free.get()
+            if buffer is _HALT:
                 return
-            buf, view = item
-            n, end = _fill(stream, view, step, limiter, cancel, description)
+            if skip:
+                buffer, skip = buffer.skip(skip), 0
+            n, end = _fill(stream, buffer.view, step, limiter, cancel, description)
             if n:
-                out.put((buf, view, n))
+                out.put((buffer, n))
             if end is not None:
                 out.put(end)
                 return
@@ -113,8 +103,8 @@ def _hash(hash_: Hash, inp: queue.SimpleQueue, out: queue.SimpleQueue) -> None:
             if item is _HALT:
                 return
             if item is not _EOF and not isinstance(item, BaseException):
-                _buf, view, n = item
-                hash_(view[:n])
+                buffer, n = item
+                hash_(buffer.view[:n])
             out.put(item)
             if item is _EOF or isinstance(item, BaseException):
                 return

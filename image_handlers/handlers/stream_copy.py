@@ -41,6 +41,7 @@ def copy_options(conf: cfg.ConfigOpts) -> copy_engine.CopyOptions:
         connect_timeout=group.connect_timeout,
         read_timeout=group.read_timeout,
         sparse=group.sparse,
+        direct_io=group.direct_io,
         lock_dir=os.path.join(group.state_dir, 'locks'))
 
 

@@ -60,14 +60,16 @@ def tmpfs():
     teardown. Needs root, like the rest of this suite's file system tests."""
     mounts: list[str] = []
 
-    def mount(size: str = '1m', read_only: bool = False) -> str:
-        path = tempfile.mkdtemp(prefix='ih-tmpfs-')
-        opts = f'size={size}' + (',ro' if read_only else '')
-        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', path],
+    def mount(size: str = '1m', read_only: bool = False, fstype: str = 'tmpfs') -> str:
+        """``fstype`` 'ramfs' gives a file system without O_DIRECT (and no size)."""
+        path = tempfile.mkdtemp(prefix=f'ih-{fstype}-')
+        opts = ','.join(([f'size={size}'] if fstype == 'tmpfs' else [])
+                        + (['ro'] if read_only else [])) or 'defaults'
+        proc = subprocess.run(['mount', '-t', fstype, '-o', opts, fstype, path],
                               capture_output=True, text=True)
         if proc.returncode:
             os.rmdir(path)
-            pytest.fail(f'cannot mount a tmpfs (the suite runs as root, as CI does): '
+            pytest.fail(f'cannot mount a {fstype} (the suite runs as root, as CI does): '
                         f'{proc.stderr.strip()}')
         mounts.append(path)
         return path

@@ -1,6 +1,7 @@
 """The copy engine against a real loopback HTTP server with injected faults."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 
@@ -50,6 +51,29 @@ def test_cut_connection_resumes_in_process_at_the_exact_offset(servers, options,
     assert resumed.status == 206
     with open(target, 'rb') as f:
         assert f.read() == image
+
+
+def test_data_bypasses_the_page_cache_also_after_a_cut_at_an_odd_byte(
+        servers, options, tmp_path):
+    """O_DIRECT: the stream resumed at byte 1000003 fills its first buffer from
+    the same offset into a memory page, so it and every later buffer stay aligned."""
+    data = make_image(4 * MiB + 777, seed=5, zero_fraction=0.0)  # no holes
+    server = servers(data)
+    server.faults.close_after = 1_000_003
+    target = str(tmp_path / 'disk')
+    result = copy(server.url, target, checksum=sha512(data), options=options).wait(60)
+    assert result.retries == 1
+    with open(target, 'rb') as f:
+        assert f.read() == data
+    # Not direct: the bytes around the cut in its page ([999424, 1003520): the tail
+    # before it and the head after the resume), and the last 777 bytes.
+    assert result.direct_bytes == len(data) - (1003520 - 999424) - 777
+
+    off = copy(servers(data).url, str(tmp_path / 'buffered'), checksum=sha512(data),
+               options=dataclasses.replace(options, direct_io=False)).wait(60)
+    assert off.direct_bytes == 0
+    with open(tmp_path / 'buffered', 'rb') as f:
+        assert f.read() == data
 
 
 def test_server_ignoring_range_restarts_from_zero_and_verifies(servers, options,

@@ -1,12 +1,15 @@
 import os
 import random
 
+from image_handlers.copy.buffers import Buffer
+from image_handlers.copy.direct_io import DataFile
 from image_handlers.copy.sparse import BLOCK_SIZE, SparseWriter
 
 
-def _ranges(data, offset):
-    writer = SparseWriter(-1)
-    return list(writer.data_ranges(bytearray(data), len(data), offset)), writer.sparse_bytes
+def _ranges(data, offset, base=0):
+    writer = SparseWriter(lambda view, at: None)
+    buf = bytearray(base) + bytearray(data)     # ranges are relative to base
+    return list(writer.data_ranges(buf, len(data), offset, base)), writer.sparse_bytes
 
 
 def test_only_whole_aligned_zero_blocks_are_skipped():
@@ -40,6 +43,13 @@ def test_all_zero_and_no_zero_buffers():
     assert _ranges(data, 0) == ([(0, len(data))], 0)
 
 
+def test_ranges_are_relative_to_the_buffer_base():
+    data = bytearray(4 * BLOCK_SIZE)
+    data[BLOCK_SIZE + 1] = 7
+    assert _ranges(data, 0, base=123) == _ranges(data, 0) == (
+        [(BLOCK_SIZE, 2 * BLOCK_SIZE)], 3 * BLOCK_SIZE)
+
+
 def test_unaligned_offset_keeps_partial_blocks():
     # at offset 100 the first 3996 bytes end a file block: written, not tested
     ranges, skipped = _ranges(bytes(10_000), 100)
@@ -48,15 +58,18 @@ def test_unaligned_offset_keeps_partial_blocks():
 
 
 def test_writes_leave_holes(tmp_path):
-    data = bytearray(64 * BLOCK_SIZE)
-    data[5 * BLOCK_SIZE + 7] = 9
+    buffer = Buffer.allocate(64 * BLOCK_SIZE)
+    buffer.view[5 * BLOCK_SIZE + 7] = 9
     fd = os.open(tmp_path / 'f', os.O_RDWR | os.O_CREAT)
     try:
-        writer = SparseWriter(fd)
-        writer.write(data, memoryview(data), len(data), 0)
-        os.ftruncate(fd, len(data))
-        assert os.pread(fd, len(data), 0) == data
-        assert os.fstat(fd).st_blocks * 512 < len(data)
+        data = DataFile(fd)
+        writer = SparseWriter(data.pwrite)
+        writer.write(buffer, len(buffer.view), 0)
+        data.close()
+        os.ftruncate(fd, len(buffer.view))
+        assert os.pread(fd, len(buffer.view), 0) == bytes(buffer.view)
+        assert os.fstat(fd).st_blocks * 512 < len(buffer.view)
         assert writer.sparse_bytes == 63 * BLOCK_SIZE
+        assert data.direct_bytes == BLOCK_SIZE   # the one data block: aligned
     finally:
         os.close(fd)
