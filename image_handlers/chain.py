@@ -15,7 +15,7 @@ import stevedore
 
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
-from image_handlers.glance import GlanceReader
+from image_handlers.glance import GlanceReader, ImageSource
 from image_handlers.handlers.base import Decision, Handler, Request
 from image_handlers.locations import Location
 from image_handlers.ranking import rank_locations
@@ -71,29 +71,41 @@ def load_handlers(conf: cfg.ConfigOpts, names: list[str]) -> list[Handler]:
 
 class HandlerChain:
     def __init__(self, conf: cfg.ConfigOpts, virt_driver: str = 'libvirt',
-                 glance: GlanceReader | None = None,
+                 glance: ImageSource | None = None,
                  handlers: list[Handler] | None = None):
         self.conf = conf
         self.virt_driver = virt_driver
         self.handlers = handlers if handlers is not None else load_handlers(
             conf, ih_conf.handler_order(conf, virt_driver))
-        self.glance = glance or GlanceReader(conf)
+        self._glance = glance
         group = conf[ih_conf.GROUP]
         self.host = group.host
         self.throughput = ThroughputStore(group.state_dir)
         self.use_throughput = group.prefer_measured_throughput
 
+    @property
+    def glance(self) -> ImageSource:
+        """The default image source (nova.conf [glance]); built on first use."""
+        if self._glance is None:
+            self._glance = GlanceReader(self.conf)
+        return self._glance
+
     def request(self, image_id: str, target: str | Target, purpose: str = 'spawn',
-                size: int | None = None) -> Request:
+                size: int | None = None, source: ImageSource | None = None
+                ) -> Request:
+        """Read the image (from ``source``, default ``self.glance``) and check the
+        target; ``source`` lets one chain serve requests with different
+        credentials (inside Nova: each request context's own)."""
         if not image_id or not isinstance(image_id, str):
             raise exceptions.ImageNotFound(f'invalid image id {image_id!r}')
         tgt = parse_target(target) if isinstance(target, str) else target
         if isinstance(tgt, FileTarget):
             tgt.check_writable()
-        image = self.glance.get_image(image_id)
+        glance = source or self.glance
+        image = glance.get_image(image_id)
         return Request(image=image, target=tgt, virt_driver=self.virt_driver,
-                       purpose=purpose, size=size, glance_endpoint=self.glance.endpoint,
-                       glance_auth_headers=self.glance.auth_headers)
+                       purpose=purpose, size=size, glance_endpoint=glance.endpoint,
+                       glance_auth_headers=glance.auth_headers)
 
     # -- the plan -----------------------------------------------------------------
 

@@ -10,6 +10,8 @@ come from three places, in this order, de-duplicated: the image record's
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import glanceclient
 from glanceclient import exc as glance_exc
@@ -27,6 +29,21 @@ LOG = logging.getLogger(__name__)
 
 _FIELDS = ('status', 'disk_format', 'container_format', 'size', 'virtual_size',
            'checksum', 'os_hash_algo', 'os_hash_value', 'owner', 'name')
+
+
+class ImageSource(Protocol):
+    """Where the chain reads image records and Glance's data endpoint from:
+    GlanceReader here, Nova's own image API inside Nova (image_handlers.nova)."""
+
+    @property
+    def endpoint(self) -> str:
+        """Glance's API root, without a version."""
+
+    def get_image(self, image_id: str) -> ImageInfo:
+        """The record and every location; raise ImageNotFound when unknown."""
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers authenticating a data request (fresh on every call)."""
 
 
 class GlanceReader:
@@ -82,39 +99,13 @@ class GlanceReader:
         images = self.client.images     # built here, not raced by the two threads
         located = self._background().submit(self._locations_api, image_id)
         raw = self._call(f'image {image_id}', images.get, image_id)
-        info = ImageInfo(id=image_id, **{f: raw.get(f) for f in _FIELDS})
-        info.properties = {k: v for k, v in raw.items() if k not in _FIELDS}
-        self._collect_locations(info, raw, *located.result())
-        return info
+        return image_info(image_id, raw, *located.result())
 
     def _background(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=2, thread_name_prefix='glance-locations')
         return self._executor
-
-    def _collect_locations(self, info: ImageInfo, raw,
-                           api_entries: list[tuple[str, dict]], api_note: str) -> None:
-        entries: list[tuple[str, dict]] = []
-        if 'locations' in raw:
-            entries += [(l.get('url'), l.get('metadata') or {})
-                        for l in raw.get('locations') or []]
-            info.location_sources.append(
-                f'image record: {len(raw.get("locations") or [])} location(s)')
-        else:
-            info.location_sources.append(
-                'image record: no "locations" (Glance show_multiple_locations is off)')
-        if raw.get('direct_url'):
-            entries.append((raw['direct_url'], {}))
-            info.location_sources.append('image record: direct_url')
-        entries += api_entries
-        info.location_sources.append(api_note)
-        seen: set[str] = set()
-        for url, metadata in entries:
-            if url in seen:
-                continue
-            seen.add(url)
-            info.locations.append(parse_location(url, metadata, len(info.locations)))
 
     def _locations_api(self, image_id: str) -> tuple[list[tuple[str, dict]], str]:
         """The service-only locations API (newer Glance), and a note for explain;
@@ -158,3 +149,40 @@ class GlanceReader:
         raise exceptions.SourceError(
             f'Glance at {self.endpoint} did not answer for {what} after '
             f'{self._retries + 1} attempts: {last}')
+
+
+def image_info(image_id: str, record: Mapping[str, Any],
+               api_entries: Sequence[tuple[str, dict]] = (),
+               api_note: str | None = None) -> ImageInfo:
+    """ImageInfo from an image record, as glanceclient gives it or as Nova's image
+    API does (Nova nests the non-base properties under ``properties``).
+
+    Locations come from the record's ``locations``, its ``direct_url`` and the
+    locations API entries, in that order, de-duplicated; ``location_sources``
+    says which of them were there, so explain can account for an empty list.
+    """
+    info = ImageInfo(id=image_id, **{f: record.get(f) for f in _FIELDS})
+    info.properties = {k: v for k, v in record.items()
+                       if k not in _FIELDS and k != 'properties'}
+    info.properties.update(record.get('properties') or {})
+    entries: list[tuple[str, dict]] = []
+    if 'locations' in record:
+        listed = record.get('locations') or []
+        entries += [(l.get('url'), l.get('metadata') or {}) for l in listed]
+        info.location_sources.append(f'image record: {len(listed)} location(s)')
+    else:
+        info.location_sources.append(
+            'image record: no "locations" (Glance show_multiple_locations is off)')
+    if record.get('direct_url'):
+        entries.append((record['direct_url'], {}))
+        info.location_sources.append('image record: direct_url')
+    entries += api_entries
+    if api_note:
+        info.location_sources.append(api_note)
+    seen: set[str] = set()
+    for url, metadata in entries:
+        if url in seen:
+            continue
+        seen.add(url)
+        info.locations.append(parse_location(url, metadata, len(info.locations)))
+    return info
