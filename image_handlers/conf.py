@@ -54,6 +54,13 @@ handler_opts = [
         help='Copy images that have neither os_hash_value nor checksum. Off by '
              'default: without a recorded hash nothing proves the bytes are the '
              'image\'s.'),
+    cfg.BoolOpt(
+        'nova_integration', default=False,
+        help='Inside a Nova patched with nova_patches/: provide the disks of '
+             'instances through the handler chain (an RBD root disk by '
+             'rbd_clone; image files in Nova\'s _base directory by the chain, '
+             'before Nova\'s own format checks and conversion). Off, the '
+             'patched Nova behaves exactly as an unpatched one.'),
     cfg.IntOpt(
         'glance_api_weight', default=0,
         help='Weight of Glance\'s own image data API among the locations of an '
@@ -122,7 +129,8 @@ rbd_opts = [
     cfg.BoolOpt('rbd_flatten', default=False,
                 help='Flatten every clone (copies all data in the cluster; the disk '
                      'no longer depends on the image).'),
-    cfg.ListOpt('rbd_flatten_purposes', default=['unshelve', 'live_migration'],
+    cfg.ListOpt('rbd_flatten_purposes',
+                default=['unshelve', 'cross_cell_move', 'live_migration'],
                 help='Request purposes for which a clone is flattened, so that a '
                      'moved or restored disk does not depend on the image.'),
     cfg.IntOpt('rbd_connect_timeout', default=10, min=1,

@@ -82,7 +82,24 @@ fi
 # The lab's Glance server lives in a virtualenv of its own, as a service would.
 make_venv "$state/venv-glance" venv-glance "$top/tools/lab/glance-requirements.txt"
 
-# Debian's rados/rbd bindings are built for /usr/bin/python3.11; both virtualenvs use
+# Nova 34 from PyPI with nova_patches/ applied and image_handlers installed beside it:
+# Nova's own unit tests and our Nova integration tests run there. A changed patch
+# (or a new package version) reinstalls Nova first, so the patch always applies to
+# a pristine Nova.
+make_venv "$state/venv-nova" venv-nova "$top/tools/lab/nova-requirements.txt"
+nova_digest=$(cat "$top"/nova_patches/nova-*/*.patch "$top/setup.cfg" | sha256sum | cut -c1-16)
+if ! stamp_ok nova-patched "$nova_digest" \
+   || ! "$state/venv-nova/bin/python" -c 'import image_handlers.nova' 2>/dev/null; then
+  log "applying nova_patches to .lab/venv-nova"
+  quiet venv-nova "$state/venv-nova/bin/pip" install --force-reinstall --no-deps \
+    "$(grep -E '^nova==' "$top/tools/lab/nova-requirements.txt")"
+  PBR_VERSION=${PBR_VERSION:-0.1.0} quiet venv-nova "$state/venv-nova/bin/pip" install \
+    --no-deps -e "$top"
+  quiet venv-nova "$top/tools/nova-patch.sh" apply "$state/venv-nova/bin/python"
+  stamp_set nova-patched "$nova_digest"
+fi
+
+# Debian's rados/rbd bindings are built for /usr/bin/python3.11; every virtualenv uses
 # that interpreter, so linking the extension modules in makes them importable.
 link_ceph_bindings() {  # link_ceph_bindings VENV
   local site
@@ -95,5 +112,6 @@ link_ceph_bindings() {  # link_ceph_bindings VENV
 }
 link_ceph_bindings "$top/.venv"
 link_ceph_bindings "$state/venv-glance"
+link_ceph_bindings "$state/venv-nova"
 
 log "done"

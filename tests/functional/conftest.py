@@ -160,3 +160,30 @@ def rbd_admin(ceph_lab):
     conn.connect(timeout=10)
     yield conn
     conn.shutdown()
+
+
+@pytest.fixture
+def http_image(glance, nginx_lab, tmp_path):
+    """An image whose only location is a file on nginx (Glance's http store).
+
+    Added as a location, the bytes skip the safety checks Glance runs on uploads,
+    as they would for any image whose data lives outside Glance.
+    """
+    created = []
+
+    def make(data: bytes, with_hash: bool = True,
+             disk_format: str = 'raw') -> tuple[str, str]:
+        src = tmp_path / f'src-{len(created)}.{disk_format}'
+        src.write_bytes(data)
+        url = nginx_lab.publish(src)
+        img = glance.images.create(disk_format=disk_format, container_format='bare')
+        created.append(img['id'])
+        validation = ({'os_hash_algo': 'sha512',
+                       'os_hash_value': hashlib.sha512(data).hexdigest(),
+                       'checksum': hashlib.md5(data).hexdigest()} if with_hash else None)
+        glance.images.add_location(img['id'], url, {}, validation_data=validation)
+        return img['id'], url
+
+    yield make
+    for image_id in created:
+        glance.images.delete(image_id)

@@ -8,28 +8,6 @@ import pytest
 from tests.functional.conftest import image_bytes
 
 
-@pytest.fixture
-def http_image(glance, nginx_lab, tmp_path):
-    """An image whose only location is a file on nginx (Glance's http store)."""
-    created = []
-
-    def make(data: bytes, with_hash: bool = True) -> tuple[str, str]:
-        src = tmp_path / f'src-{len(created)}.raw'
-        src.write_bytes(data)
-        url = nginx_lab.publish(src)
-        img = glance.images.create(disk_format='raw', container_format='bare')
-        created.append(img['id'])
-        validation = ({'os_hash_algo': 'sha512',
-                       'os_hash_value': hashlib.sha512(data).hexdigest(),
-                       'checksum': hashlib.md5(data).hexdigest()} if with_hash else None)
-        glance.images.add_location(img['id'], url, {}, validation_data=validation)
-        return img['id'], url
-
-    yield make
-    for image_id in created:
-        glance.images.delete(image_id)
-
-
 def _nginx_requests(nginx_lab, path: str) -> int:
     log = (nginx_lab.workdir / 'access.log').read_text()
     return sum(1 for line in log.splitlines() if f'GET /{path}' in line)

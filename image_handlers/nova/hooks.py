@@ -1,0 +1,163 @@
+"""The two calls a patched Nova makes (nova_patches/); everything else is Nova's.
+
+``zero_copy_first`` wraps the fetch function ``LibvirtDriver._try_fetch_image_cache``
+passes to a disk's ``cache()``. For Nova's Rbd backend the chain creates the disk
+itself (rbd_clone: O(1), every location claim checked). When it cannot, the image
+is downloaded and Nova imports it, as Nova does for a foreign cluster; Nova's
+own clone is never tried on a location the chain refused, since it does not
+check that a location names the image's own data.
+
+``download`` is asked first by ``nova.virt.images.fetch``, the download step of
+``fetch_to_raw``: the chain writes Nova's ``.part`` file (stream_copy: verified,
+resumable, O_DIRECT) and Nova's own format inspection, backing-file and
+data-file refusal and raw conversion then run on it as before.
+
+Both do nothing unless ``[image_handlers] nova_integration`` is on. A fallback to
+Nova's own path is logged at WARNING with every reason, never silently.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from oslo_log import log as logging
+
+import nova.conf
+from nova.compute import task_states
+from nova.compute import vm_states
+from nova import exception as nova_exception
+from nova.virt.libvirt import imagebackend
+from nova.virt.libvirt import utils as libvirt_utils
+
+from image_handlers import conf as ih_conf
+from image_handlers import exceptions
+from image_handlers.chain import HandlerChain
+from image_handlers.nova.image_source import NovaImageSource
+from image_handlers.results import FetchResult
+from image_handlers.targets import FILE, RBD, FileTarget, RbdTarget
+
+LOG = logging.getLogger(__name__)
+CONF = nova.conf.CONF
+ih_conf.register_opts(CONF)
+
+FetchFunc = Callable[..., None]
+
+_PURPOSE_OF_TASK = {
+    task_states.RESCUING: 'rescue',
+    task_states.REBUILD_SPAWNING: 'rebuild',
+    task_states.MIGRATING: 'live_migration',
+    task_states.RESIZE_FINISH: 'resize',
+}
+
+_chain: HandlerChain | None = None
+_chain_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    return CONF[ih_conf.GROUP].nova_integration
+
+
+def chain() -> HandlerChain:
+    """One chain per process: handlers load once, RADOS connections are kept."""
+    global _chain
+    with _chain_lock:
+        if _chain is None:
+            _chain = HandlerChain(CONF, virt_driver='libvirt')
+        return _chain
+
+
+def reset() -> None:
+    """Forget the chain, so the next request reads the configuration again."""
+    global _chain
+    with _chain_lock:
+        _chain = None
+
+
+def purpose_of(instance) -> str:
+    """Why Nova needs the disk, in the words of [image_handlers]
+    rbd_flatten_purposes."""
+    if instance.vm_state == vm_states.SHELVED_OFFLOADED:
+        return 'unshelve'
+    migration = instance.migration_context
+    if migration is not None and migration.is_cross_cell_move():
+        return 'cross_cell_move'
+    return _PURPOSE_OF_TASK.get(instance.task_state, 'spawn')
+
+
+def rbd_target(backend) -> RbdTarget | None:
+    """The RBD image Nova's Rbd backend would create, or None for other backends."""
+    if not isinstance(backend, imagebackend.Rbd):
+        return None
+    return RbdTarget(kind=RBD, pool=backend.driver.pool, name=backend.rbd_name)
+
+
+def zero_copy_first(backend, fetch_func: FetchFunc, context, image_id: str,
+                    instance, size: int | None) -> FetchFunc:
+    """The fetch function ``backend.cache()`` should call."""
+    disk = rbd_target(backend) if enabled() else None
+    if disk is None:
+        return fetch_func       # file-backed disks: download() serves them
+    purpose = purpose_of(instance)
+
+    def fetch(context, target: str, image_id: str, trusted_certs=None) -> None:
+        """Nova's fetch function signature; ``target`` is the _base file Nova
+        imports when the disk does not exist afterwards."""
+        if _provide(context, image_id, disk, purpose, size) is not None:
+            return
+        if CONF.workarounds.never_download_image_if_on_rbd:
+            raise nova_exception.ImageUnacceptable(
+                image_id=image_id,
+                reason=f'no handler could clone it into {disk.display} and '
+                       f'[workarounds] never_download_image_if_on_rbd is set')
+        LOG.warning('image %s: downloading it to %s for Nova to import into %s: no '
+                    'handler could clone it (reasons above); Nova\'s own clone is '
+                    'not tried on locations the handlers refused', image_id,
+                    target, disk.display)
+        libvirt_utils.fetch_image(context, target, image_id, trusted_certs)
+
+    return fetch
+
+
+def download(context, image_href: str, path: str, trusted_certs=None) -> bool:
+    """Write image ``image_href`` to ``path`` through the chain; False leaves the
+    download to Nova (the reason logged). An image without a recorded hash is
+    refused (ImageUnacceptable) unless [image_handlers] allow_unverified_copies:
+    handing it to Nova would download it unverified, the very thing refused."""
+    if not enabled():
+        return False
+    image_id = image_href.rstrip('/').rsplit('/', 1)[-1]
+    if trusted_certs or CONF.glance.verify_glance_signatures:
+        LOG.warning('image %s: Nova downloads it itself: image signature '
+                    'verification was asked for (trusted certificates or [glance] '
+                    'verify_glance_signatures), and only Nova\'s download checks '
+                    'signatures', image_id)
+        return False
+    return _provide(context, image_id, FileTarget(kind=FILE, path=path), 'spawn',
+                    None, require_hash=True) is not None
+
+
+def _provide(context, image_id: str, target, purpose: str, size: int | None,
+             require_hash: bool = False) -> FetchResult | None:
+    """The chain's result, or None when no handler could (reasons at WARNING)."""
+    handlers = chain()
+    try:
+        request = handlers.request(image_id, target, purpose, size,
+                                   source=NovaImageSource(context))
+    except exceptions.BadInput as exc:
+        LOG.warning('image %s: image_handlers cannot provide %s: %s', image_id,
+                    target.display, exc)
+        return None
+    if (require_hash and request.image.expected_hash is None
+            and not CONF[ih_conf.GROUP].allow_unverified_copies):
+        raise nova_exception.ImageUnacceptable(
+            image_id=image_id,
+            reason='it has neither os_hash_value nor checksum, so no copy of it can '
+                   'be verified, and [image_handlers] allow_unverified_copies is off')
+    try:
+        return handlers.fetch(request)
+    except exceptions.NoHandlerAvailable:
+        return None         # the chain logged every reason already
+    except exceptions.BadInput as exc:
+        LOG.warning('image %s: image_handlers cannot provide %s: %s', image_id,
+                    target.display, exc)
+        return None

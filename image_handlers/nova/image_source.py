@@ -1,0 +1,41 @@
+"""Image records through Nova's own image API, for the chain inside nova-compute.
+
+Nova talks to Glance with the request's credentials (the user's token, plus a
+service token when configured), its own endpoint discovery and retries; the
+chain does the same by asking Nova's API instead of building a client from
+nova.conf, which inside Nova carries no credentials of its own.
+"""
+from __future__ import annotations
+
+from nova.image import glance as nova_glance
+
+from image_handlers.glance import image_info
+from image_handlers.image import ImageInfo
+
+IMAGE_API = nova_glance.API()
+
+# Nova's image API has no call for the service-only locations API.
+_NO_LOCATIONS_API = ("locations API: not asked (Nova's image API gives the "
+                     "record's locations and direct_url)")
+
+
+class NovaImageSource:
+    """The chain's ImageSource for one request context."""
+
+    def __init__(self, context) -> None:
+        self.context = context
+
+    @property
+    def endpoint(self) -> str:
+        """Glance's API root as Nova finds it ([glance] options or the catalog)."""
+        return next(nova_glance.get_api_servers(self.context)).rstrip('/')
+
+    def get_image(self, image_id: str) -> ImageInfo:
+        """Nova's ImageNotFound passes through: Nova's callers act on it
+        (``_try_fetch_image_cache`` then copies the image from another host)."""
+        record = IMAGE_API.get(self.context, image_id, include_locations=True)
+        return image_info(image_id, record, api_note=_NO_LOCATIONS_API)
+
+    def auth_headers(self) -> dict[str, str]:
+        session, auth = nova_glance._session_and_auth(self.context)
+        return dict(session.get_auth_headers(auth=auth) or {})
