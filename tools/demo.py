@@ -150,6 +150,19 @@ progress_interval = 1
         except Exception as exc:  # a future Glance may refuse it: say so
             print(f'Glance refused the hostile location: {exc}')
 
+        banner('inside Nova 34 (patched): root disks for instances, the same decisions')
+        nova_python = LAB_DIR / 'venv-nova' / 'bin' / 'python'
+        proc = subprocess.run(
+            [str(nova_python), '-W', 'ignore', '-m', 'tools.demo_nova',
+             '--ceph-conf', str(ceph.conf_path), '--glance-endpoint', glance.endpoint,
+             '--work', str(work), '--image', in_ceph['id'],
+             '--hostile', hostile['id'], '--victim', in_ceph['id']],
+            capture_output=True, text=True)
+        print(proc.stdout.rstrip())
+        if proc.returncode:
+            print(f'  (the Nova demo failed, exit {proc.returncode}): '
+                  f'{proc.stderr[-1500:]}')
+
         banner('resume: kill -9 a rate-limited copy half way, then run it again')
         slow = work / 'slow.conf'
         slow.write_text(conf.read_text() + 'bandwidth_limit = 16777216\n'
