@@ -138,22 +138,18 @@ def download(context, image_href: str, path: str, trusted_certs=None) -> bool:
 
 def _provide(context, image_id: str, target, purpose: str, size: int | None,
              require_hash: bool = False) -> FetchResult | None:
-    """The chain's result, or None when no handler could (reasons at WARNING)."""
+    """The chain's result, or None when no handler could (reasons logged)."""
     handlers = chain()
     try:
         request = handlers.request(image_id, target, purpose, size,
                                    source=NovaImageSource(context))
-    except exceptions.BadInput as exc:
-        LOG.warning('image %s: image_handlers cannot provide %s: %s', image_id,
-                    target.display, exc)
-        return None
-    if (require_hash and request.image.expected_hash is None
-            and not CONF[ih_conf.GROUP].allow_unverified_copies):
-        raise nova_exception.ImageUnacceptable(
-            image_id=image_id,
-            reason='it has neither os_hash_value nor checksum, so no copy of it can '
-                   'be verified, and [image_handlers] allow_unverified_copies is off')
-    try:
+        if (require_hash and request.image.expected_hash is None
+                and not CONF[ih_conf.GROUP].allow_unverified_copies):
+            raise nova_exception.ImageUnacceptable(
+                image_id=image_id,
+                reason='it has neither os_hash_value nor checksum, so no copy of it '
+                       'can be verified, and [image_handlers] allow_unverified_copies '
+                       'is off')
         return handlers.fetch(request)
     except exceptions.NoHandlerAvailable:
         return None         # the chain logged every reason already

@@ -96,6 +96,19 @@ def foreign_image(foreign_ceph):
         remove_rbd_image(foreign_ceph.admin, 'images', name)
 
 
+@pytest.fixture
+def foreign_located(make_image, foreign_image, set_locations):
+    """An image uploaded to the lab cluster through Glance, whose only location is
+    then an RBD image of the same name in the foreign cluster holding ``stored``
+    (default: the same bytes). Returns (image id, the foreign location)."""
+    def make(data: bytes, stored: bytes | None = None) -> tuple[str, str]:
+        image_id = make_image(data, backend='ceph')
+        url = foreign_image(image_id, data if stored is None else stored)
+        set_locations(image_id, [url])
+        return image_id, url
+    return make
+
+
 def _attempts(out: dict, handler: str = 'stream_copy') -> list[dict]:
     return [a for a in out['attempts'] if a['handler'] == handler]
 
@@ -227,12 +240,10 @@ def test_librbd_error_is_retried_from_the_exact_offset(cluster, rbd_admin, tmp_p
 
 # -- a foreign cluster: read only when configured, matched by fsid --------------------
 
-def test_foreign_cluster_read_when_configured(make_image, set_locations, foreign_image,
-                                              foreign_ceph, nova_conf, cli, tmp_path):
+def test_foreign_cluster_read_when_configured(foreign_located, foreign_ceph, nova_conf,
+                                              cli, tmp_path):
     data = sparse_image(seed=5)
-    image_id = make_image(data, backend='ceph')
-    url = foreign_image(image_id, data)
-    set_locations(image_id, [url])
+    image_id, url = foreign_located(data)
     conf = nova_conf(f'rbd_source_ceph_confs = {foreign_ceph.conf_path}')
     target = tmp_path / 'disk.raw'
     res = cli('fetch', image_id, str(target), '--config-file', conf, '--json')
@@ -249,13 +260,10 @@ def test_foreign_cluster_read_when_configured(make_image, set_locations, foreign
     assert details['rbd_bytes_read'] + details['rbd_hole_bytes'] == len(data)
 
 
-def test_foreign_cluster_not_configured_is_refused(make_image, set_locations,
-                                                  foreign_image, foreign_ceph, ceph_lab,
+def test_foreign_cluster_not_configured_is_refused(foreign_located, foreign_ceph, ceph_lab,
                                                   nova_conf, cli, tmp_path):
     data = sparse_image(seed=6)
-    image_id = make_image(data, backend='ceph')
-    url = foreign_image(image_id, data)
-    set_locations(image_id, [url])
+    image_id, url = foreign_located(data)
     target = tmp_path / 'disk.raw'
     res = cli('explain', image_id, str(target), '--config-file', nova_conf(), '--json')
     assert res.rc == 0, res
@@ -273,12 +281,9 @@ def test_foreign_cluster_not_configured_is_refused(make_image, set_locations,
 
 
 def test_wrong_bytes_in_rbd_fail_the_hash_and_publish_nothing(
-        make_image, set_locations, foreign_image, foreign_ceph, nova_conf, cli,
-        tmp_path):
+        foreign_located, foreign_ceph, nova_conf, cli, tmp_path):
     data = sparse_image(seed=7)
-    image_id = make_image(data, backend='ceph')
-    url = foreign_image(image_id, sparse_image(seed=8))  # right name, other bytes
-    set_locations(image_id, [url])
+    image_id, url = foreign_located(data, stored=sparse_image(seed=8))  # other bytes
     conf = nova_conf(f'rbd_source_ceph_confs = {foreign_ceph.conf_path}')
     target = tmp_path / 'disk.raw'
     res = cli('fetch', image_id, str(target), '--config-file', conf, '--json')
