@@ -7,7 +7,8 @@ instances on the host were using; an O_DIRECT write of the same GiB cost 0.04 s
 offset and length go through a second descriptor opened with O_DIRECT, and the
 unaligned head or tail of a write (after a resume at an odd byte, the last
 bytes of an image) through the ordinary one. Where the file system refuses
-O_DIRECT (tmpfs, some network file systems) every write is buffered.
+O_DIRECT (ramfs, tmpfs before Linux 6.6, some network file systems) every
+write is buffered.
 """
 from __future__ import annotations
 
