@@ -1,8 +1,8 @@
 """Real file systems on loop devices for the shared_fs tests (root, like CI).
 
-The lab's ``tools/lab/loopfs.py`` (LoopFsService) is used when it is there; until
-then a small local stand-in with the same interface (mkfs on a sparse file,
-losetup, mount; all undone at teardown) makes the same file systems. Set
+The lab's ``tools/lab/loopfs.py`` (LoopFsService) makes them; ``LocalLoopFs``, a
+stand-in with the same interface (mkfs on a sparse file, losetup, mount; all
+undone at teardown), is used only where that module is absent. Set
 IH_LAB_RUN_DIR to keep these apart from another run's.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ MARKER = '.image_handlers_fs_id'
 
 
 class LocalLoopFs:
-    """Stand-in for LoopFsService: ``fs_type`` on a sparse file on a loop device."""
+    """Stand-in for LoopFsService (without tools/lab/loopfs.py): ``fs_type`` on a
+    sparse file on a loop device."""
 
     def __init__(self, fs_type: str, *, size_mib: int = 320, name: str | None = None,
                  run_dir: Path | None = None, mkfs_args: tuple[str, ...] = ()) -> None:
@@ -81,42 +82,43 @@ def _marker(mountpoint: Path | str, fs_id: str) -> None:
         Path(mountpoint, MARKER).write_text(fs_id + '\n')
 
 
-def _start(fs_type: str, **kwargs):
-    name = f'sfs-{fs_type}-{uuid.uuid4().hex[:6]}'
-    if LoopFsService is not None and 'mkfs_args' not in kwargs:
-        service = LoopFsService(fs_type, size_mib=kwargs.get('size_mib', 320),
-                                name=name)
-    else:
-        service = LocalLoopFs(fs_type, name=name, **kwargs)
+def _start(fs_type: str, name: str, size_mib: int = 320,
+           mkfs_args: tuple[str, ...] = ()):
+    # The lab's LoopFsService puts mkfs_args after its defaults, and mkfs.xfs
+    # refuses "-m reflink=1 -m reflink=0" ("option respecified"): the stand-in
+    # makes the XFS without reflink.
+    cls = (LoopFsService if LoopFsService is not None and not mkfs_args
+           else LocalLoopFs)
+    service = cls(fs_type, size_mib=size_mib, name=name, mkfs_args=mkfs_args)
     service.start()
     return service
 
 
 @pytest.fixture(scope='session')
 def xfs():
-    service = _start('xfs')
+    service = _start('xfs', 'sfs-xfs')
     yield Path(service.mountpoint)
     service.stop()
 
 
 @pytest.fixture(scope='session')
 def xfs_noreflink():
-    """An XFS formatted without reflink (the lab service has no mkfs options)."""
-    service = _start('xfs', mkfs_args=('-m', 'reflink=0'))
+    """An XFS formatted without reflink."""
+    service = _start('xfs', 'sfs-xfs-noreflink', mkfs_args=('-m', 'reflink=0'))
     yield Path(service.mountpoint)
     service.stop()
 
 
 @pytest.fixture(scope='session')
 def btrfs():
-    service = _start('btrfs', size_mib=256)
+    service = _start('btrfs', 'sfs-btrfs', size_mib=256)
     yield Path(service.mountpoint)
     service.stop()
 
 
 @pytest.fixture(scope='session')
 def ext4():
-    service = _start('ext4', size_mib=64)
+    service = _start('ext4', 'sfs-ext4', size_mib=64)
     yield Path(service.mountpoint)
     service.stop()
 
