@@ -9,6 +9,7 @@ import sys
 import time
 
 from . import RUN_DIR, SERVICES, ServiceError
+from .mounts import mounts_under
 from .service import stop_leftovers
 
 
@@ -17,8 +18,8 @@ def _start(names: list[str]) -> int:
         svc = SERVICES[name]()
         t0 = time.monotonic()
         svc.start()
-        where = (svc.state.get("endpoint") or getattr(svc, "base_url", None)
-                 or f"port {svc.state.get('port', '?')}")
+        where = (svc.state.get("endpoint") or svc.state.get("mountpoint")
+                 or getattr(svc, "base_url", None) or f"port {svc.state.get('port', '?')}")
         print(f"{name}: running at {where} "
               f"({time.monotonic() - t0:.1f} s; log {svc.log_file})")
     return 0
@@ -35,8 +36,17 @@ def _stop(names: list[str]) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed = 1
     if everything:
-        for name in stop_leftovers(RUN_DIR):
-            print(f"{name}: killed leftover")
+        try:
+            for name in stop_leftovers(RUN_DIR):
+                print(f"{name}: killed leftover")
+        except ServiceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed = 1
+        left = mounts_under(RUN_DIR)
+        if left:  # never delete through a mount
+            print(f"error: still mounted under {RUN_DIR}: {[m[0] for m in left]}",
+                  file=sys.stderr)
+            return 1
         shutil.rmtree(RUN_DIR, ignore_errors=True)
     return failed
 

@@ -3,15 +3,19 @@
 Stdlib only: this module is imported by the project's venv (pytest fixtures) and by
 plain ``python3 -m tools.lab``. Every service owns ``<repo>/.lab/run/<name>/`` (config,
 pid file, log, state); ``stop()`` kills its whole process group and removes that dir,
-so a test run leaves nothing behind.
+so a test run leaves nothing behind. What a service holds outside its process group
+is freed too: processes and paths it recorded (``own_pid``/``own_path``, for daemons
+that detach themselves), mounts under its dir and loop devices backed by files in it
+(tools/lab/mounts.py). A service without a daemon (a mount) returns None from
+``command()``: its ``prepare()`` does the whole start.
 """
 
 from __future__ import annotations
 
 import abc
-
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +24,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
+
+from . import mounts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAB_DIR = REPO_ROOT / ".lab"
@@ -73,6 +79,12 @@ def _start_time(pid: int) -> str | None:
     return st[19] if st else None
 
 
+def alive(pid: int) -> bool:
+    """pid exists and is not a zombie."""
+    st = _proc_stat(pid)
+    return bool(st) and st[0] not in ("Z", "X")
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group pgid."""
     members = []
@@ -117,8 +129,9 @@ class LabService(abc.ABC):
         """Write config into self.workdir and fill self.state (ports...) before spawn."""
 
     @abc.abstractmethod
-    def command(self) -> list[str]:
-        """argv of the daemon, which must stay in the foreground."""
+    def command(self) -> list[str] | None:
+        """argv of the daemon, which must stay in the foreground; None when the
+        service has no daemon (prepare() brought it up; override is_running())."""
 
     def environment(self) -> dict[str, str]:
         """Extra environment variables for the daemon."""
@@ -162,6 +175,20 @@ class LabService(abc.ABC):
         pid = self.pid()
         return pid is not None and bool(group_members(pid))
 
+    def own_pid(self, pid: int) -> None:
+        """Record a process outside our process group (a daemon that detached
+        itself): stop() kills it, also from another process (stop all)."""
+        owned = self.state.setdefault("owned_pids", [])
+        owned.append([pid, _start_time(pid)])
+        self.save_state()
+
+    def own_path(self, path: Path | str) -> None:
+        """Record a file or dir we created outside the work dir: stop() removes it."""
+        owned = self.state.setdefault("owned_paths", [])
+        if str(path) not in owned:
+            owned.append(str(path))
+        self.save_state()
+
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "LabService":
         """Start (or reuse a healthy running instance); raise ServiceError on failure."""
@@ -174,9 +201,24 @@ class LabService(abc.ABC):
         self.reused = False
         self.workdir.mkdir(parents=True)
         t0 = time.monotonic()
-        self.prepare()
-        env = dict(os.environ, **self.environment())
+        try:
+            self.prepare()
+        except BaseException:
+            self._release_quietly()  # a half-made mount or loop device must not stay
+            raise
         argv = self.command()
+        if argv is None:  # no daemon: prepare() did it all
+            if not self.is_healthy():
+                self._fail("not healthy after prepare")
+        else:
+            self._spawn(argv, t0)
+        self.state["start_seconds"] = round(time.monotonic() - t0, 2)
+        self.save_state()
+        return self
+
+    def _spawn(self, argv: list[str], t0: float) -> None:
+        """Run the daemon detached (own session) and wait until it is healthy."""
+        env = dict(os.environ, **self.environment())
         with open(self.log_file, "ab") as log:
             log.write(f"+ {' '.join(argv)}\n".encode())
             log.flush()
@@ -198,13 +240,11 @@ class LabService(abc.ABC):
             if time.monotonic() > deadline:
                 self._fail(f"not healthy after {self.start_timeout:.0f} s")
             time.sleep(0.1)
-        self.state["start_seconds"] = round(time.monotonic() - t0, 2)
-        self.save_state()
-        return self
 
     def _fail(self, why: str) -> None:
-        """Kill what was spawned, keep the work dir for inspection, raise with log tail."""
-        self._kill()
+        """Free what was made (processes, mounts), keep the work dir for inspection,
+        raise with the log's tail."""
+        self._release_quietly()
         raise ServiceError(
             f"lab service {self.name!r} {why}; log {self.log_file}:\n{tail(self.log_file)}")
 
@@ -238,11 +278,67 @@ class LabService(abc.ABC):
         if self._proc is not None:
             self._proc.poll()
 
-    def stop(self) -> None:
-        """Kill the daemon's process group, wait for it, remove the work dir."""
+    def _owned(self, key: str) -> list[Any]:
+        """Entries recorded under key, in memory and on disk (another process's)."""
+        seen = list(self.state.get(key, []))
+        seen += [e for e in self._load_state().get(key, []) if e not in seen]
+        return seen
+
+    def _kill_owned_pids(self) -> None:
+        """SIGTERM, then SIGKILL, the recorded processes that are still the same ones."""
+        pids = [int(pid) for pid, started in self._owned("owned_pids")
+                if started and _start_time(int(pid)) == started]
+        for sig, wait in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 5.0)):
+            pids = [p for p in pids if alive(p)]
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while any(alive(p) for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        if any(alive(p) for p in pids):
+            raise ServiceError(f"{self.name}: pids {pids} survived SIGKILL")
+
+    def _remove_owned_paths(self) -> None:
+        for entry in self._owned("owned_paths"):
+            path = Path(entry)
+            if not path.is_absolute() or path == Path(path.anchor):
+                continue
+            if path.is_dir() and not path.is_symlink() and not os.path.ismount(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Free everything the instance holds except its work dir: the process group,
+        recorded processes and paths, mounts under the dir, loop devices backed in it."""
         self._kill()
+        self._kill_owned_pids()
+        problems = mounts.release_under(self.workdir)
+        self._remove_owned_paths()
+        if problems:
+            raise ServiceError(f"{self.name}: " + "; ".join(problems))
+
+    def _release_quietly(self) -> None:
+        """release() on a failure path: the original error is the one to report."""
+        try:
+            self.release()
+        except (ServiceError, OSError, subprocess.SubprocessError) as exc:
+            if self.workdir.is_dir():
+                with open(self.log_file, "a") as log:
+                    log.write(f"release after failure: {exc}\n")
+
+    def stop(self) -> None:
+        """Kill the daemon's process group, wait for it, free mounts and loop devices,
+        remove the work dir (never through a mount that would not go away)."""
+        self.release()
         if self.workdir.exists():
-            import shutil
+            left = mounts.mounts_under(self.workdir)
+            if left:
+                raise ServiceError(f"{self.name}: still mounted {[m[0] for m in left]}: "
+                                   f"not removing {self.workdir}")
             shutil.rmtree(self.workdir)
         self._proc = None
         self.state = {}
@@ -261,8 +357,24 @@ def stop_leftovers(run_dir: Path | None = None) -> list[str]:
     """
     run_dir = Path(run_dir or RUN_DIR)
     names = sorted(p.name for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []
+    errors = []
     for name in names:
-        svc = LabService(run_dir, name=name)
+        svc = _Leftover(run_dir, name=name)
         svc.stop_timeout = 0.0  # type: ignore[misc]  # straight to SIGKILL
-        svc.stop()
+        try:  # also recorded pids/paths, mounts and loop devices (state.json, scan)
+            svc.stop()
+        except ServiceError as exc:  # keep going: free as much as possible
+            errors.append(str(exc))
+    if errors:
+        raise ServiceError("; ".join(errors))
     return names
+
+
+class _Leftover(LabService):
+    """Whatever a dir under the run dir holds, known only by its pid file and state."""
+
+    def command(self) -> list[str] | None:
+        return None
+
+    def is_healthy(self) -> bool:
+        return False
