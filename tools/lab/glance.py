@@ -2,7 +2,8 @@
 
 Glance runs from its own venv (``.lab/venv-glance``, built by tools/install-deps.sh)
 exactly as deployed: ``glance.wsgi.api:application`` under uWSGI, a sqlite DB synced by
-``glance-manage``, multi-store config (fs + read-only http). Only Keystone is replaced,
+``glance-manage``, multi-store config (fs + read-only http; optionally rbd on the lab
+Ceph and more file stores, e.g. on the lab's XFS/btrfs/ext4/Gluster mounts). Only Keystone is replaced,
 by tools/lab/glance_labauth.py in the paste pipeline; clients still use keystoneauth's
 ``admin_token`` plugin, like Nova with ``[glance] auth_type = admin_token``.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +25,10 @@ from .service import (LAB_DIR, LOOPBACK, LabService, ServiceError, free_port, ht
 GLANCE_VENV = LAB_DIR / "venv-glance"
 LAB_PKG_DIR = Path(__file__).resolve().parent
 CHUNKED_INPUT_LIMIT = 100 * 1024 * 1024  # glanceclient sends 1 MiB chunks; uWSGI default is 1 MiB
+# Config sections/stores of ours that a file store's name must not collide with.
+RESERVED_STORE_NAMES = frozenset({"fs", "web", "ceph", "DEFAULT", "database", "glance_store",
+                                  "os_glance_staging_store", "os_glance_tasks_store",
+                                  "import_filtering_opts", "oslo_concurrency", "paste_deploy"})
 
 # Our pipeline: Glance's own versionnegotiation/context/rootapp with the lab token
 # filter where keystone's authtoken would be. oslo.middleware's healthcheck can only be
@@ -80,19 +87,28 @@ class GlanceService(LabService):
                  processes: int = 2, threads: int = 4, debug: bool = False,
                  fs_metadata: dict[str, str] | None = None,
                  ceph: Any = None,
+                 file_stores: Mapping[str, tuple[Path | str, Mapping[str, str]]] | None = None,
+                 name: str | None = None,
                  run_dir: Path | None = None) -> None:
-        """port: fixed port (else $IH_LAB_GLANCE_PORT, else the running one, else free).
+        """port: fixed port (else $IH_LAB_GLANCE_PORT for the default instance, else
+        a free one).
         fs_metadata: optional ``{"id":..., "mountpoint":...}`` for the fs store's
         location metadata (glance_store ``filesystem_store_metadata_file``).
         ceph: a started CephService: adds the rbd store "ceph" (pool images), so an
-        upload with backend="ceph" gets an rbd://FSID/images/ID/snap location."""
-        super().__init__(run_dir)
+        upload with backend="ceph" gets an rbd://FSID/images/ID/snap location.
+        file_stores: more file stores, ``{store: (datadir, {"id":..., "mountpoint":...})}``
+        with datadir under mountpoint (e.g. on a LoopFsService mount): an upload with
+        backend=store lands in ``file://<datadir>/<image_id>`` with location metadata
+        ``{id, mountpoint, store}``.
+        name: instance name (work dir), for a Glance beside the default "glance"."""
+        super().__init__(run_dir, name=name)
         self.venv = Path(venv or GLANCE_VENV)
-        env_port = os.environ.get("IH_LAB_GLANCE_PORT")
+        env_port = os.environ.get("IH_LAB_GLANCE_PORT") if self.name == "glance" else None
         self.requested_port = port or (int(env_port) if env_port else None)
         self.processes, self.threads, self.debug = processes, threads, debug
         self.fs_metadata = fs_metadata
         self.ceph = ceph
+        self.file_stores = _check_file_stores(file_stores or {})
 
     # -- where things are -------------------------------------------------------
     @property
@@ -134,6 +150,10 @@ class GlanceService(LabService):
         (self.workdir / "uwsgi.ini").write_text(self._uwsgi_ini())
         if self.fs_metadata is not None:
             (self.workdir / "fs-metadata.json").write_text(json.dumps(self.fs_metadata))
+        for store, conf in self.file_stores.items():
+            (self.workdir / f"store-{store}-metadata.json").write_text(
+                json.dumps(conf["metadata"]))
+        self.state["file_stores"] = self.file_stores
         self._db_sync()
         self.save_state()
 
@@ -145,7 +165,11 @@ class GlanceService(LabService):
                 "PYTHONPATH": str(self.workdir / "pylib"), "PYTHONDONTWRITEBYTECODE": "1"}
 
     def matches_config(self) -> bool:
-        return self.state.get("ceph_fsid") == (self.ceph.fsid if self.ceph else None)
+        """Same rbd cluster and file stores, and every file store's datadir still there
+        (a mount re-created under a running Glance would leave it writing nowhere)."""
+        return (self.state.get("ceph_fsid") == (self.ceph.fsid if self.ceph else None)
+                and (self.state.get("file_stores") or {}) == self.file_stores
+                and all(Path(c["datadir"]).is_dir() for c in self.file_stores.values()))
 
     def is_healthy(self) -> bool:
         return "port" in self.state and http_ok(self.endpoint + "/healthcheck")
@@ -163,6 +187,11 @@ class GlanceService(LabService):
                            f"rbd_store_ceph_conf = {self.ceph.conf_path}\n"
                            f"rbd_store_chunk_size = 8\nrados_connect_timeout = 10\n\n")
             self.state["ceph_fsid"] = self.ceph.fsid
+        file_backends = "".join(f", {store}:file" for store in self.file_stores)
+        file_sections = "".join(
+            f"[{store}]\nfilesystem_store_datadir = {conf['datadir']}/\n"
+            f"filesystem_store_metadata_file = {w}/store-{store}-metadata.json\n\n"
+            for store, conf in self.file_stores.items())
         return f"""\
 # Written by tools/lab/glance.py: the lab's Glance, loopback only, no Keystone.
 [DEFAULT]
@@ -172,7 +201,7 @@ bind_host = {LOOPBACK}
 bind_port = {self.port}
 public_endpoint = {self.endpoint}
 worker_self_reference_url = {self.endpoint}
-enabled_backends = fs:file, web:http{rbd_backend}
+enabled_backends = fs:file, web:http{rbd_backend}{file_backends}
 show_image_direct_url = True
 show_multiple_locations = True
 image_cache_dir = {w}/cache
@@ -186,7 +215,7 @@ default_backend = fs
 [fs]
 filesystem_store_datadir = {w}/images/
 {meta}
-{rbd_section}[os_glance_staging_store]
+{rbd_section}{file_sections}[os_glance_staging_store]
 filesystem_store_datadir = {w}/staging/
 
 [os_glance_tasks_store]
@@ -265,6 +294,12 @@ worker-reload-mercy = 5
         except OSError:
             return str(int((self.venv / "pyvenv.cfg").stat().st_mtime))
 
+    def file_store_dir(self, store: str) -> Path:
+        """Datadir of a file store ("fs" or one of file_stores)."""
+        if store == "fs":
+            return self.images_dir
+        return Path(self.file_stores[store]["datadir"])
+
     # -- clients --------------------------------------------------------------------
     def session(self, token: str = "lab-admin") -> Any:
         """keystoneauth Session with the admin_token plugin (what Nova's [glance] uses)."""
@@ -288,3 +323,22 @@ worker-reload-mercy = 5
         return (f"export IH_LAB_GLANCE_ENDPOINT={self.endpoint}\n"
                 f"export OS_IMAGE_URL={self.endpoint}\nexport OS_AUTH_TOKEN={token}\n")
 
+
+def _check_file_stores(stores: Mapping[str, tuple[Path | str, Mapping[str, str]]]
+                       ) -> dict[str, dict[str, Any]]:
+    """Normalize file_stores to ``{store: {"datadir": str, "metadata": {...}}}`` (the
+    form kept in state.json) and refuse what glance_store would quietly mishandle:
+    it returns EMPTY location metadata when the datadir is not under the mountpoint."""
+    out: dict[str, dict[str, Any]] = {}
+    for store, (datadir, metadata) in stores.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", store) or store in RESERVED_STORE_NAMES:
+            raise ValueError(f"bad or reserved file store name {store!r}")
+        meta = {k: str(v) for k, v in metadata.items()}
+        if not meta.get("id") or not meta.get("mountpoint"):
+            raise ValueError(f"store {store}: metadata needs 'id' and 'mountpoint': {meta}")
+        path = os.path.abspath(datadir)
+        if not (path + "/").startswith(meta["mountpoint"].rstrip("/") + "/"):
+            raise ValueError(f"store {store}: datadir {path} is not under "
+                             f"{meta['mountpoint']}")
+        out[store] = {"datadir": path, "metadata": meta}
+    return out
