@@ -1,0 +1,275 @@
+""""This file was verified against this hash": hash a shared image file once per host.
+
+Hashing a 10 GiB image costs what a zero-copy handler exists to avoid, every
+boot. A verdict records that the file with identity (st_dev, st_ino, size,
+mtime_ns, ctime_ns) hashed to the image's ``algo:hexdigest``; a later boot whose
+file has the same identity reuses it. Any change in place -- a write (mtime,
+ctime), a truncate (size), a replacement (inode), even ``touch -d`` to restore
+the mtime (ctime) -- misses, and the file is hashed again. NFS and GlusterFS can
+give a share another st_dev after a remount: a miss too, in the safe direction.
+
+Note that link(2) and chmod(2) change an inode's ctime: pin or link the file
+*before* verifying it, or the verdict is missed once after.
+
+A verdict is not reused when the file had changed less than ``racy_seconds``
+before it was recorded (git's "racy clean" problem): on kernels with coarse
+timestamps a write in the same clock tick after the hash leaves mtime and ctime
+as they were. The price is one more hash for an image booted right after upload.
+
+Verdicts live in ``<state_dir>/verdicts/<image_id>.json`` (host-local, mode 0600,
+written by tmp + fsync + rename). A file that does not parse, or that another
+user could have written, is ignored with a warning: the image is verified again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import stat
+import tempfile
+import time
+
+from oslo_log import log as logging
+
+from image_handlers import exceptions
+from image_handlers.copy import fsutil
+from image_handlers.copy.buffers import BufferPool
+from image_handlers.copy.cancel import CancelToken
+from image_handlers.copy.checksum import Checksum
+from image_handlers.copy.engine import _hash_fd
+from image_handlers.shared_fs.errors import Refused
+from image_handlers.shared_fs.paths import identity_of
+
+LOG = logging.getLogger(__name__)
+
+Identity = tuple[int, int, int, int, int]   # st_dev, st_ino, size, mtime_ns, ctime_ns
+FORMAT_VERSION = 1
+MAX_VERDICTS = 8            # per image: one per file (share) it was verified on
+RACY_SECONDS = 2.0
+HASH_BUFFER = 16 << 20      # large preads: hashing runs at hash speed, not syscall speed
+_FIELDS = ('st_dev', 'st_ino', 'size', 'mtime_ns', 'ctime_ns')
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    image_id: str
+    checksum: str           # 'algo:hexdigest'
+    st_dev: int
+    st_ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    verified_at: float      # time.time() of the hash
+
+    def identity(self) -> Identity:
+        return (self.st_dev, self.st_ino, self.size, self.mtime_ns, self.ctime_ns)
+
+    @classmethod
+    def from_json(cls, image_id: str, entry) -> 'Verdict':
+        """Strict: anything but the exact types is a ValueError."""
+        if not isinstance(entry, dict):
+            raise ValueError('a verdict is not an object')
+        ints = {}
+        for name in _FIELDS:
+            value = entry.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f'{name} is {value!r}')
+            ints[name] = value
+        checksum = entry.get('checksum')
+        if not isinstance(checksum, str):
+            raise ValueError(f'checksum is {checksum!r}')
+        try:
+            checksum = str(Checksum.parse(checksum))
+        except exceptions.BadInput as exc:
+            raise ValueError(str(exc)) from None
+        verified_at = entry.get('verified_at', 0)
+        if not isinstance(verified_at, (int, float)) or isinstance(verified_at, bool):
+            raise ValueError(f'verified_at is {verified_at!r}')
+        return cls(image_id=image_id, checksum=checksum, verified_at=float(verified_at),
+                   **ints)
+
+    def to_json(self) -> dict:
+        entry = dataclasses.asdict(self)
+        del entry['image_id']
+        return entry
+
+
+def _check_image_id(image_id: str) -> str:
+    if (not isinstance(image_id, str) or not image_id or image_id.startswith('.')
+            or '/' in image_id or '\x00' in image_id):
+        raise ValueError(f'image id {image_id!r} cannot name a state file')
+    return image_id
+
+
+class VerdictStore:
+    """Verdicts of one host, in ``<state_dir>/verdicts``."""
+
+    def __init__(self, state_dir: str | os.PathLike,
+                 racy_seconds: float = RACY_SECONDS) -> None:
+        self.directory = os.path.join(os.path.abspath(os.fspath(state_dir)), 'verdicts')
+        self.racy_seconds = racy_seconds
+
+    def path(self, image_id: str) -> str:
+        return os.path.join(self.directory, f'{_check_image_id(image_id)}.json')
+
+    def lookup(self, image_id: str, expected: Checksum | str,
+               identity: Identity) -> Verdict | None:
+        """The verdict for this image, hash and file identity, or None (verify)."""
+        expected = str(expected if isinstance(expected, Checksum)
+                       else Checksum.parse(expected))
+        for verdict in self._load(image_id):
+            if verdict.checksum != expected:
+                continue
+            if verdict.identity() == tuple(identity):
+                changed = max(verdict.mtime_ns, verdict.ctime_ns) / 1e9
+                if verdict.verified_at - changed >= self.racy_seconds:
+                    return verdict
+                LOG.info('image %s: the file had changed %.3fs before it was '
+                         'verified, too recently to trust its timestamps: verifying '
+                         'it again', image_id, verdict.verified_at - changed)
+                continue
+            if (verdict.st_dev, verdict.st_ino) == tuple(identity)[:2]:
+                LOG.info('image %s: %s changed in place since it was verified '
+                         '(%s): verifying it again', image_id, self.path(image_id),
+                         _difference(verdict.identity(), identity))
+        return None
+
+    def record(self, image_id: str, checksum: Checksum | str,
+               identity: Identity) -> Verdict:
+        """Record that the file with ``identity`` hashed to ``checksum``."""
+        checksum = str(checksum if isinstance(checksum, Checksum)
+                       else Checksum.parse(checksum))
+        dev, ino, size, mtime_ns, ctime_ns = (int(v) for v in identity)
+        verdict = Verdict(image_id=_check_image_id(image_id), checksum=checksum,
+                          st_dev=dev, st_ino=ino, size=size, mtime_ns=mtime_ns,
+                          ctime_ns=ctime_ns, verified_at=time.time())
+        kept = [v for v in self._load(image_id)
+                if (v.st_dev, v.st_ino) != (dev, ino)]
+        entries = [verdict, *kept][:MAX_VERDICTS]
+        self._write(image_id, {'version': FORMAT_VERSION, 'image_id': image_id,
+                               'verdicts': [v.to_json() for v in entries]})
+        return verdict
+
+    def forget(self, image_id: str) -> None:
+        try:
+            os.unlink(self.path(image_id))
+        except FileNotFoundError:
+            pass
+
+    def _load(self, image_id: str) -> list[Verdict]:
+        path = self.path(image_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            LOG.warning('ignoring verdict file %s (%s): image %s will be verified '
+                        'again', path, exc.strerror, image_id)
+            return []
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return self._ignore(path, image_id, 'not a regular file')
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return self._ignore(path, image_id, f'owned by uid {st.st_uid} with '
+                                    f'mode {st.st_mode & 0o777:o}: another user '
+                                    f'could have written it')
+            with os.fdopen(os.dup(fd), 'rb') as f:
+                raw = f.read(1 << 20)
+        finally:
+            os.close(fd)
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get('version') != FORMAT_VERSION:
+                raise ValueError(f'not a version {FORMAT_VERSION} verdict file')
+            if doc.get('image_id') != image_id:
+                raise ValueError(f'it is about image {doc.get("image_id")!r}')
+            entries = doc.get('verdicts')
+            if not isinstance(entries, list):
+                raise ValueError('"verdicts" is not a list')
+            return [Verdict.from_json(image_id, e) for e in entries]
+        except (ValueError, TypeError) as exc:
+            return self._ignore(path, image_id, f'does not parse: {exc}')
+
+    @staticmethod
+    def _ignore(path: str, image_id: str, why: str) -> list[Verdict]:
+        LOG.warning('ignoring verdict file %s (%s): image %s will be verified again',
+                    path, why, image_id)
+        return []
+
+    def _write(self, image_id: str, doc: dict) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f'.{image_id}.',
+                                   suffix='.tmp')       # mode 0600
+        try:
+            with os.fdopen(fd, 'w') as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+                f.write('\n')
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(image_id))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        fsutil.fsync_dir(self.directory)
+
+
+def _difference(old: Identity, new: Identity) -> str:
+    return ', '.join(f'{n} {a} -> {b}' for n, a, b in zip(_FIELDS, old, new) if a != b)
+
+
+def verify_file(fd: int, size: int, checksum: Checksum | str,
+                cancel: CancelToken | None = None, description: str | None = None,
+                buffer_size: int = HASH_BUFFER) -> Identity:
+    """Hash the open file (pread: its offset is untouched) and return the
+    identity it had throughout. Refused when its size is not ``size``, it does
+    not hash to ``checksum``, it cannot be read, or it changed while hashed.
+    CopyCancelled when ``cancel`` is set meanwhile."""
+    description = description or f'fd {fd}'
+    try:
+        expected = checksum if isinstance(checksum, Checksum) else Checksum.parse(checksum)
+    except exceptions.BadInput as exc:
+        raise Refused(f'{description}: cannot verify: {exc}') from None
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise Refused(f'{description} is not a regular file')
+        if before.st_size != size:
+            raise Refused(f'{description} has {before.st_size} bytes, the image {size}')
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+        actual = _hash_fd(fd, size, expected.new(), BufferPool.create(1, buffer_size),
+                          cancel or CancelToken(), description)
+        after = os.fstat(fd)
+    except OSError as exc:
+        raise Refused(f'{description} cannot be read to verify it: '
+                      f'{exc.strerror or exc}') from exc
+    if identity_of(after) != identity_of(before):
+        raise Refused(f'{description} changed while it was hashed '
+                      f'({_difference(identity_of(before), identity_of(after))}): '
+                      f'something writes the image file')
+    if actual != expected.hexdigest:
+        raise Refused(f'{description}: its {expected.algo} is {actual} where the '
+                      f'image has {expected.hexdigest}: not the image\'s data')
+    return identity_of(before)
+
+
+def verified(store: VerdictStore, fd: int, image_id: str, size: int,
+             checksum: Checksum | str, cancel: CancelToken | None = None,
+             description: str | None = None) -> tuple[Verdict, bool]:
+    """(verdict, reused): the recorded verdict for the file as it is now, or a
+    fresh hash recorded. Refused as verify_file."""
+    try:
+        expected = checksum if isinstance(checksum, Checksum) else Checksum.parse(checksum)
+    except exceptions.BadInput as exc:
+        raise Refused(f'image {image_id}: cannot verify: {exc}') from None
+    found = store.lookup(image_id, expected, identity_of(os.fstat(fd)))
+    if found is not None:
+        return found, True
+    identity = verify_file(fd, size, expected, cancel, description)
+    return store.record(image_id, expected, identity), False
