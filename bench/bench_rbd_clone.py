@@ -262,7 +262,7 @@ class Bench:
         result = api.fetch(self.conf, self.images[size_gib], path)
         seconds = time.perf_counter() - t0
         assert (result.handler == 'stream_copy' and result.location.startswith('rbd://')
-                and result.details['verified']), result.to_dict()
+                and result.verified), result.to_dict()
         os.unlink(path)
         return seconds
 

@@ -16,7 +16,7 @@ from oslo_log import log as logging
 from image_handlers import conf as ih_conf
 from image_handlers import copy as copy_engine
 from image_handlers.chain import HandlerChain
-from image_handlers.handlers.stream_copy import copy_options
+from image_handlers.copy.conf import copy_options
 from image_handlers.results import FetchResult
 from image_handlers.targets import FileTarget, parse_target
 from image_handlers import exceptions
@@ -72,5 +72,5 @@ def copy(conf: cfg.ConfigOpts, source_url: str, target: str,
     tgt.check_writable()
     parsed = copy_engine.Checksum.parse(checksum) if checksum else None
     return copy_engine.copy(copy_engine.HttpSource(source_url), tgt.path,
-                            checksum=parsed, options=copy_options(conf),
+                            checksum=parsed, options=copy_options(conf[ih_conf.GROUP]),
                             description=f'copy of {source_url}')

@@ -1,11 +1,12 @@
 """The handler chain: every enabled handler, in order, decides; the first yes acts.
 
-``explain`` and ``fetch`` walk the same plan (``_decisions``), so the reasons an
+``explain`` and ``fetch`` walk the same lazy plan (``_verdicts``), so the reasons an
 operator reads are the ones that drove the run. A zero-copy handler that is skipped
 or fails is logged at INFO/WARNING with its reason, never only at DEBUG.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Iterator
 
@@ -16,7 +17,7 @@ import stevedore
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
 from image_handlers.glance import GlanceReader, ImageSource
-from image_handlers.handlers.base import Decision, Handler, Request
+from image_handlers.handlers.base import Decision, Handler, Refused, Request
 from image_handlers.locations import Location
 from image_handlers.ranking import rank_locations
 from image_handlers.results import ELIGIBLE, FAILED, SKIPPED, USED, Attempt, FetchResult
@@ -25,7 +26,7 @@ from image_handlers.throughput import ThroughputStore
 
 LOG = logging.getLogger(__name__)
 
-NAMESPACE = 'image_handlers.handlers'
+NAMESPACE = ih_conf.HANDLER_NAMESPACE
 ALL_HANDLERS = '*'
 
 
@@ -69,6 +70,20 @@ def load_handlers(conf: cfg.ConfigOpts, names: list[str]) -> list[Handler]:
     return [ext.obj for ext in manager]
 
 
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One (handler, location) pair's answer: a Decision, or None and the reason."""
+
+    handler: Handler
+    location: Location | None
+    decision: Decision | None
+    reason: str
+
+    @property
+    def where(self) -> str | None:
+        return self.location.display if self.location else None
+
+
 class HandlerChain:
     def __init__(self, conf: cfg.ConfigOpts, virt_driver: str = 'libvirt',
                  glance: ImageSource | None = None,
@@ -109,31 +124,34 @@ class HandlerChain:
 
     # -- the plan -----------------------------------------------------------------
 
-    def _decisions(self, request: Request
-                   ) -> Iterator[tuple[Handler, Location | None, Decision]]:
-        """Every (handler, location) verdict, in the order they would be tried."""
+    def _verdicts(self, request: Request) -> Iterator[Verdict]:
+        """Every (handler, location) verdict, lazily, in the order they are tried."""
         for handler in self.handlers:
-            not_served = handler.serves(request)
-            if not_served:
-                yield handler, None, Decision.refuse(not_served)
-                continue
-            candidates = [loc for loc in handler.candidates(request)
-                          if loc.usable]
-            if not candidates:
-                yield handler, None, Decision.refuse(
-                    f'no {"/".join(sorted(handler.schemes))} location among the '
-                    f'image\'s {len(request.image.locations)} location(s)')
+            try:
+                handler.serves(request)
+                candidates = [loc for loc in handler.candidates(request) if loc.usable]
+                if not candidates:
+                    raise Refused(
+                        f'no {"/".join(sorted(handler.schemes))} location among the '
+                        f'image\'s {len(request.image.locations)} location(s)')
+            except Refused as refused:
+                yield Verdict(handler, None, None, str(refused))
                 continue
             store = self.throughput if self.use_throughput else None
             for ranked in rank_locations(candidates, self.host, store):
                 try:
                     decision = handler.decide(request, ranked.location)
+                except Refused as refused:
+                    yield Verdict(handler, ranked.location, None, str(refused))
+                    continue
                 except exceptions.BadInput:
                     raise  # e.g. the target exists: no handler may touch it
                 except exceptions.ImageHandlerError as exc:
-                    decision = Decision.refuse(f'could not decide: {exc}')
+                    yield Verdict(handler, ranked.location, None,
+                                  f'could not decide: {exc}')
+                    continue
                 decision.plan.setdefault('rank', ranked.why)
-                yield handler, ranked.location, decision
+                yield Verdict(handler, ranked.location, decision, decision.reason)
 
     def _unusable(self, request: Request) -> list[Attempt]:
         """Locations no enabled handler will look at, each with the reason."""
@@ -158,14 +176,14 @@ class HandlerChain:
         result = FetchResult(image_id=request.image.id, target=request.target.display,
                              dry_run=True)
         result.attempts += self._unusable(request)
-        for handler, location, decision in self._decisions(request):
-            where = location.display if location else None
-            outcome = ELIGIBLE if decision.accepted else SKIPPED
-            result.attempts.append(Attempt(handler.name, where, outcome,
-                                           decision.reason, decision.zero_copy))
-            if decision.accepted and result.handler is None:
-                result.handler, result.location = handler.name, where
-                result.zero_copy = decision.zero_copy
+        for verdict in self._verdicts(request):
+            outcome = ELIGIBLE if verdict.decision else SKIPPED
+            result.attempts.append(Attempt(verdict.handler.name, verdict.where,
+                                           outcome, verdict.reason))
+            if verdict.decision and result.handler is None:
+                result.handler, result.location = verdict.handler.name, verdict.where
+                result.method = verdict.decision.method
+                result.zero_copy = verdict.handler.zero_copy
         result.details['location_sources'] = request.image.location_sources
         return result
 
@@ -174,36 +192,30 @@ class HandlerChain:
         start = time.monotonic()
         result = FetchResult(image_id=request.image.id, target=request.target.display)
         result.attempts += self._unusable(request)
-        for handler, location, decision in self._decisions(request):
-            where = location.display if location else None
-            if not decision.accepted:
+        for verdict in self._verdicts(request):
+            handler, location, where = verdict.handler, verdict.location, verdict.where
+            if verdict.decision is None:
                 result.attempts.append(Attempt(handler.name, where, SKIPPED,
-                                               decision.reason, False))
-                self._log_not_used(request, handler, where, decision.reason)
+                                               verdict.reason))
+                self._log_not_used(request, handler, where, verdict.reason)
                 continue
             t0 = time.monotonic()
             try:
-                provided = handler.act(request, location, decision)
+                provided = handler.act(request, location, verdict.decision)
             except exceptions.BadInput:
                 raise  # the request itself is wrong: no other handler can fix it
             except Exception as exc:  # noqa: BLE001 - any failure moves to the next
                 reason = f'{type(exc).__name__}: {exc}'
-                result.attempts.append(Attempt(handler.name, where, FAILED, reason,
-                                               decision.zero_copy))
+                result.attempts.append(Attempt(handler.name, where, FAILED, reason))
                 LOG.warning('image %s: handler %s failed on %s, trying the next: %s',
                             request.image.id, handler.name, where, reason)
                 continue
             seconds = time.monotonic() - t0
-            result.attempts.append(Attempt(handler.name, where, USED, decision.reason,
-                                           provided.zero_copy))
-            result.handler, result.location = handler.name, where
-            result.zero_copy = provided.zero_copy
-            result.bytes_transferred = provided.bytes_transferred
-            result.complete = provided.complete
-            result.details.update(provided.details)
-            if location is not None and not provided.zero_copy:
+            result.attempts.append(Attempt(handler.name, where, USED, verdict.reason))
+            result.use(handler.name, where, provided)
+            if location is not None and provided.bytes_copied:
                 self.throughput.record(location.endpoint_key,
-                                       provided.bytes_transferred, seconds)
+                                       provided.bytes_copied, seconds)
             result.seconds = time.monotonic() - start
             self._log_used(request, result)
             return result
@@ -217,27 +229,22 @@ class HandlerChain:
             f'{request.target.display}: {reasons}', result)
 
     def _log_not_used(self, request: Request, handler: Handler, where, reason) -> None:
-        level = LOG.info if _is_zero_copy(handler) else LOG.debug
+        level = LOG.info if handler.zero_copy else LOG.debug
         level('image %s: %s not used for %s: %s', request.image.id, handler.name,
               where or 'any location', reason)
 
     def _log_used(self, request: Request, result: FetchResult) -> None:
+        zero_copy_names = {h.name for h in self.handlers if h.zero_copy}
         passed_over = [a for a in result.attempts
                        if a.outcome in (SKIPPED, FAILED) and a.handler != result.handler
-                       and self._handler(a.handler) is not None
-                       and _is_zero_copy(self._handler(a.handler))]
+                       and a.handler in zero_copy_names]
         if not result.zero_copy and passed_over:
             LOG.warning('image %s provided by %s as a FULL COPY (%d bytes) because: %s',
-                        request.image.id, result.handler, result.bytes_transferred,
+                        request.image.id, result.handler, result.bytes_copied,
                         '; '.join(f'{a.handler}: {a.reason}' for a in passed_over))
         else:
-            LOG.info('image %s provided by %s from %s (zero_copy=%s, %d bytes)',
-                     request.image.id, result.handler, result.location,
-                     result.zero_copy, result.bytes_transferred)
-
-    def _handler(self, name: str) -> Handler | None:
-        return next((h for h in self.handlers if h.name == name), None)
-
-
-def _is_zero_copy(handler: Handler) -> bool:
-    return handler.zero_copy
+            LOG.info('image %s provided by %s (%s) from %s: %d bytes copied, %s disk%s',
+                     request.image.id, result.handler, result.method, result.location,
+                     result.bytes_copied, result.disk_format,
+                     f', depends on {result.depends_on.source} until '
+                     f'{result.depends_on.until}' if result.depends_on else '')

@@ -17,11 +17,12 @@ from image_handlers import chain as ih_chain
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
 from image_handlers.locations import redact_url
-from image_handlers.results import FAILED, USED, Attempt, FetchResult
+from image_handlers.results import FAILED, USED, Attempt, FetchResult, Provided
 
 LOG = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_NO_HANDLER, EXIT_BAD_INPUT = 0, 1, 2
+COPY_HANDLER = 'stream_copy'   # what ``copy`` reports: the same engine, no Glance
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--checksum', help='ALGO:HEX, e.g. sha256:0123...')
     sub.add_parser('handlers', parents=[common],
                    help='installed handlers and the enabled order per hypervisor')
+    p = sub.add_parser('jobs', parents=[common],
+                       help='work that goes on after a disk was provided (fills)')
+    p.add_argument('action', choices=['list', 'show', 'wait', 'cancel', 'resume'])
+    p.add_argument('job_id', nargs='?')
+    p.add_argument('--timeout', type=float, default=None,
+                   help='with wait: give up after this many seconds (exit 1)')
     return parser
 
 
@@ -113,6 +120,7 @@ def _explain(conf, args) -> int:
 
 
 def _copy(conf, args) -> int:
+    """A stream copy without Glance, reported like a fetch by stream_copy."""
     start = time.monotonic()
     location = redact_url(args.source_url)
     result = FetchResult(image_id=None, target=args.target)
@@ -121,19 +129,17 @@ def _copy(conf, args) -> int:
     except exceptions.BadInput:
         raise
     except exceptions.ImageHandlerError as exc:
-        result.attempts.append(Attempt('stream_copy', location, FAILED, str(exc)))
+        result.attempts.append(Attempt(COPY_HANDLER, location, FAILED, str(exc)))
         result.seconds = time.monotonic() - start
         if args.json:
             print(json.dumps(result.to_dict(), indent=2))
         print(f'error: {exc}', file=sys.stderr)
         return EXIT_NO_HANDLER
-    result.handler, result.location = 'stream_copy', location
-    result.bytes_transferred = copied.bytes_transferred
+    provided = Provided.from_copy(copied)
+    result.attempts.append(Attempt(COPY_HANDLER, location, USED,
+                                   provided.verified or 'no checksum given'))
+    result.use(COPY_HANDLER, location, provided)
     result.seconds = time.monotonic() - start
-    verified = f'verified {copied.checksum}' if copied.checksum else 'no checksum given'
-    result.attempts.append(Attempt('stream_copy', location, USED, verified))
-    result.details = {'resumed_from': copied.resumed_from, 'size': copied.size,
-                      'sparse_bytes': copied.sparse_bytes, 'retries': copied.retries}
     _emit(args, result)
     return EXIT_OK
 
@@ -154,8 +160,37 @@ def _handlers(conf, args) -> int:
     return EXIT_OK
 
 
+def _jobs(conf, args) -> int:
+    from image_handlers.jobs import runner
+    if args.action in ('show', 'wait', 'cancel') and not args.job_id:
+        raise exceptions.BadInput(f'jobs {args.action} needs a job id (see "jobs list")')
+    if args.action == 'list':
+        jobs = runner.store(conf).all()
+    elif args.action == 'resume':
+        jobs = runner.resume_orphans(conf)
+    elif args.action == 'show':
+        jobs = [runner.store(conf).get(args.job_id)]
+    elif args.action == 'cancel':
+        jobs = [runner.cancel(conf, args.job_id)]
+    else:
+        try:
+            jobs = [runner.wait(conf, args.job_id, args.timeout)]
+        except TimeoutError as exc:
+            print(f'error: {exc}', file=sys.stderr)
+            return EXIT_NO_HANDLER
+    if args.json:
+        print(json.dumps([j.to_dict() for j in jobs], indent=2))
+    else:
+        for j in jobs:
+            total = f'/{j.total_bytes}' if j.total_bytes else ''
+            print(f'{j.id} {j.kind:<13} {j.state:<9} {j.done_bytes}{total} bytes  '
+                  f'{j.description}' + (f'\n    error: {j.error}' if j.error else ''))
+    failed = [j for j in jobs if j.state == 'failed']
+    return EXIT_NO_HANDLER if args.action == 'wait' and failed else EXIT_OK
+
+
 _COMMANDS = {'fetch': _fetch, 'explain': _explain, 'copy': _copy,
-             'handlers': _handlers}
+             'handlers': _handlers, 'jobs': _jobs}
 
 
 def _emit(args, result: FetchResult) -> None:
@@ -170,9 +205,18 @@ def _print_result(result: FetchResult) -> None:
     print(f'image {result.image_id or "-"} -> {result.target}')
     if result.handler:
         extra = '' if result.dry_run else (
-            f', {result.bytes_transferred} bytes in {result.seconds:.2f} s')
-        print(f'  {verb}: {result.handler} from {result.location} '
+            f', {result.bytes_copied} bytes copied in {result.seconds:.2f} s, '
+            f'{result.disk_format} disk')
+        print(f'  {verb}: {result.handler} ({result.method}) from {result.location} '
               f'(zero_copy={"yes" if result.zero_copy else "no"}{extra})')
+        if result.verified:
+            print(f'  verified: {result.verified}')
+        if result.depends_on:
+            dep = result.depends_on
+            print(f'  depends on: {dep.source} ({dep.kind}), kept alive by {dep.pin}, '
+                  f'until {dep.until}')
+        if result.job:
+            print(f'  job: {result.job} goes on (image-handlers jobs show {result.job})')
     else:
         print('  no handler can provide this image')
     for source in result.details.get('location_sources', []):

@@ -30,6 +30,15 @@ class TargetBusy(InvalidTarget):
     """Another copy is writing the same target right now (without a shared lock)."""
 
 
+class Refused(Exception):
+    """A handler's reasoned "no" for one request and location: the one way to refuse.
+
+    Not an error: ``decide`` (or anything it calls, such as the location claim checks)
+    raises it, the chain records ``str(exc)`` as the reason an operator reads, and
+    the next (handler, location) pair is asked.
+    """
+
+
 class ImageNotFound(BadInput):
     """Glance does not know the image id (or the caller may not see it)."""
 

@@ -1,7 +1,12 @@
 """What a run reports: every attempt with its outcome and reason, and the result.
 
-The same dataclasses back ``fetch``, ``explain`` and the ``--json`` output, so what an
-operator reads is exactly what drove the run.
+The same dataclasses back ``fetch``, ``explain``, the ``copy`` command and the
+``--json`` output, so what an operator reads is exactly what drove the run.
+
+A disk may be usable at once and still read from something else: a clone's RBD
+parent snapshot, a shared file behind an overlay, a remote LUN until a fill ends.
+``Dependency`` names that source and the pin that keeps it alive, so nobody deletes
+what a running instance still reads.
 """
 from __future__ import annotations
 
@@ -13,6 +18,59 @@ SKIPPED = 'skipped'      # the handler decided it cannot serve this pair (reason
 FAILED = 'failed'        # the handler accepted, then acting failed (reason is the error)
 ELIGIBLE = 'eligible'    # explain only: the handler would serve this pair
 
+RAW, QCOW2 = 'raw', 'qcow2'
+
+# Dependency kinds.
+RBD_PARENT = 'rbd_parent'
+SHARED_FILE = 'shared_file'
+REMOTE_LUN = 'remote_lun'
+
+
+@dataclasses.dataclass(frozen=True)
+class Dependency:
+    """What a disk still reads from, what keeps that alive, and what ends it."""
+
+    kind: str        # RBD_PARENT, SHARED_FILE, REMOTE_LUN
+    source: str      # e.g. images/<id>@snap, /mnt/images/<id>, iscsi://portal/iqn/1
+    pin: str         # e.g. "protected snapshot", "hardlink <path> (inode N)"
+    until: str       # what removes the dependency: "rbd flatten", "job <id>", ...
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Provided:
+    """What a handler's ``act`` produced."""
+
+    method: str                      # clone, reflink, hardlink, overlay, copy, ...
+    bytes_copied: int                # image bytes written into the disk by this run
+    disk_format: str = RAW           # format of the disk as created (RAW or QCOW2)
+    depends_on: Dependency | None = None
+    job: str | None = None           # a job that goes on after act returned
+    verified: str | None = None      # how the bytes are known to be the image's
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def zero_copy(self) -> bool:
+        return self.bytes_copied == 0
+
+    @classmethod
+    def from_copy(cls, copied, disk_format: str | None = None) -> 'Provided':
+        """A finished copy engine run (a CopyResult), as stream_copy and the
+        ``copy`` command report it: the disk holds the image's bytes as they are."""
+        return cls(
+            method='reused' if copied.reused_existing else 'copy',
+            bytes_copied=copied.bytes_transferred,
+            disk_format=disk_format or RAW,
+            verified=(str(copied.checksum) if copied.checksum
+                      else None),
+            details={'resumed_from': copied.resumed_from,
+                     'restarts_from_zero': copied.restarts_from_zero,
+                     'retries': copied.retries, 'size': copied.size,
+                     'sparse_bytes': copied.sparse_bytes,
+                     'reused_existing': copied.reused_existing})
+
 
 @dataclasses.dataclass
 class Attempt:
@@ -20,7 +78,6 @@ class Attempt:
     location: str | None
     outcome: str
     reason: str
-    zero_copy: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {'handler': self.handler, 'location': self.location,
@@ -29,16 +86,19 @@ class Attempt:
 
 @dataclasses.dataclass
 class FetchResult:
-    image_id: str
+    image_id: str | None
     target: str
     handler: str | None = None
     location: str | None = None
+    method: str | None = None
     zero_copy: bool = False
-    bytes_transferred: int = 0
+    bytes_copied: int = 0
+    disk_format: str | None = None
+    depends_on: Dependency | None = None
+    job: str | None = None
+    verified: str | None = None
     seconds: float = 0.0
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
-    # False when the disk still reads from a backing source (copy-on-read fill).
-    complete: bool = True
     dry_run: bool = False
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -46,14 +106,32 @@ class FetchResult:
     def succeeded(self) -> bool:
         return self.handler is not None
 
+    @property
+    def complete(self) -> bool:
+        """False while a job still works on the disk (a fill)."""
+        return self.job is None
+
+    def use(self, handler: str, location: str | None, provided: Provided) -> None:
+        """Record the pair that provided the disk (the chain and ``copy`` alike)."""
+        self.handler, self.location = handler, location
+        self.method = provided.method
+        self.zero_copy = provided.zero_copy
+        self.bytes_copied = provided.bytes_copied
+        self.disk_format = provided.disk_format
+        self.depends_on = provided.depends_on
+        self.job = provided.job
+        self.verified = provided.verified
+        self.details.update(provided.details)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             'image_id': self.image_id, 'target': self.target,
             'handler': self.handler, 'location': self.location,
-            'zero_copy': self.zero_copy,
-            'bytes_transferred': self.bytes_transferred,
+            'method': self.method, 'zero_copy': self.zero_copy,
+            'bytes_copied': self.bytes_copied, 'disk_format': self.disk_format,
+            'depends_on': self.depends_on.to_dict() if self.depends_on else None,
+            'job': self.job, 'complete': self.complete, 'verified': self.verified,
             'seconds': round(self.seconds, 6),
             'attempts': [a.to_dict() for a in self.attempts],
-            'complete': self.complete, 'dry_run': self.dry_run,
-            'details': self.details,
+            'dry_run': self.dry_run, 'details': self.details,
         }

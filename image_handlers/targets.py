@@ -8,7 +8,7 @@ import dataclasses
 import os
 
 from image_handlers import exceptions
-from image_handlers.copy import checkpoint, fsutil
+from image_handlers.copy import check_target_path
 
 FILE = 'file'
 RBD = 'rbd'
@@ -34,7 +34,7 @@ class FileTarget(Target):
     def check_writable(self) -> None:
         """Refuse, with what to do, a target we could not publish safely (the copy
         engine's own check, run early so no handler is even asked)."""
-        fsutil.check_target(checkpoint.CopyPaths.for_target(self.path))
+        check_target_path(self.path)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ def run(*args: str, show_json: bool = False) -> subprocess.CompletedProcess:
     if show_json and proc.stdout.strip().startswith('{'):
         data = json.loads(proc.stdout)
         out = json.dumps({k: data[k] for k in ('handler', 'location', 'zero_copy',
-                                              'bytes_transferred', 'seconds')}, indent=1)
+                                              'bytes_copied', 'seconds')}, indent=1)
     print(out.rstrip())
     errors = [l for l in proc.stderr.splitlines() if 'error:' in l or 'WARNING' in l]
     for line in errors[-3:]:
@@ -189,7 +189,7 @@ progress_interval = 1
             details = json.loads(res.stdout)['details']
             print(f'resumed from byte {details["resumed_from"]} of {64 * MiB}: this run '
                   f'fetched only the remaining '
-                  f'{json.loads(res.stdout)["bytes_transferred"]} bytes, then verified '
+                  f'{json.loads(res.stdout)["bytes_copied"]} bytes, then verified '
                   f'the whole file')
         subprocess.run(['rbd', 'rm', 'vms/demo-disk'], env={**os.environ, **ceph.env()},
                        capture_output=True)

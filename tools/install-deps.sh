@@ -20,6 +20,9 @@ APT_PACKAGES=(
   curl openssl nginx-light qemu-utils
   # Ceph (the lab's RBD cluster) and Debian's rados/rbd bindings: PyPI has none.
   ceph-mon ceph-osd ceph-common python3-rbd python3-rados
+  # Shared file systems (shared_fs): XFS and btrfs loop mounts for reflink, and a
+  # single-brick GlusterFS volume mounted through FUSE (no kernel NFS client here).
+  xfsprogs btrfs-progs glusterfs-server glusterfs-client fuse3
 )
 
 stamp_ok() {  # stamp_ok NAME CONTENT -> true when the stamp holds CONTENT

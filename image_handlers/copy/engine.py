@@ -274,7 +274,8 @@ class _Transfer:
 
     def _transfer(self) -> None:
         job = self.job
-        failures = 0
+        failures = 0            # in a row without a new byte (options.retries bounds it)
+        offset_at_failure = self.offset
         self.progress.start(self.offset, self.total)
         LOG.info('%s: copying to %s%s', job.description, self.paths.target,
                  f' from byte {self.offset}' if self.offset else '')
@@ -297,6 +298,9 @@ class _Transfer:
                 return
             except TransientSourceError as exc:
                 self.cancel.check(job.description)
+                if self.offset > offset_at_failure:
+                    failures = 0    # progress since the last failure: a new streak
+                offset_at_failure = self.offset
                 failures += 1
                 if failures > self.opts.retries:
                     kept = (f'{self.paths.partial} ({self.offset} bytes) is kept and '
@@ -304,7 +308,8 @@ class _Transfer:
                             else 'no data was received')
                     raise exceptions.RetriesExhausted(
                         f'{job.description}: giving up after {self.opts.retries} '
-                        f'retries; last error: {exc}; {kept}') from exc
+                        f'retries in a row without new data; last error: {exc}; '
+                        f'{kept}') from exc
                 self.retries += 1
                 delay = min(self.opts.retry_backoff_max,
                             self.opts.retry_backoff * 2 ** (failures - 1))
@@ -398,4 +403,5 @@ class _Transfer:
             resumed_from=self.resumed_from or 0,
             restarts_from_zero=self.restarts, retries=self.retries, seconds=seconds,
             checksum=self.job.checksum, sparse_bytes=self.writer.sparse_bytes,
-            direct_bytes=self.direct_bytes)
+            direct_bytes=self.direct_bytes,
+            throttled_seconds=self.limiter.slept if self.limiter else 0.0)

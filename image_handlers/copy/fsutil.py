@@ -12,6 +12,11 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
+def check_target_path(target: str) -> None:
+    """``check_target`` for a path: what callers outside the engine use."""
+    check_target(CopyPaths.for_target(target))
+
+
 def check_target(paths: CopyPaths) -> None:
     """Raise TargetExists or InvalidTarget, with what to do, before any write."""
     if os.path.lexists(paths.target):

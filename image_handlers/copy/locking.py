@@ -29,9 +29,6 @@ _registry_lock = threading.Lock()
 _thread_locks: dict[str, threading.Lock] = {}
 
 
-TargetBusy = exceptions.TargetBusy
-
-
 def lock_path(lock_dir: str, lock_name: str) -> str:
     if (not lock_name or '/' in lock_name or '\x00' in lock_name
             or lock_name in ('.', '..')):
@@ -113,7 +110,7 @@ def open_partial(paths: CopyPaths) -> tuple[int, bool]:
             raise
         if not _try_flock(fd):
             os.close(fd)
-            raise TargetBusy(
+            raise exceptions.TargetBusy(
                 f'another copy to {paths.target} is in progress (its partial file '
                 f'{paths.partial} is locked): wait for it, or give both the same '
                 f'lock name')

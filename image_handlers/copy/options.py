@@ -55,3 +55,4 @@ class CopyResult:
     sparse_bytes: int           # zero bytes skipped instead of written
     reused_existing: bool = False
     direct_bytes: int = 0       # of the bytes written, those that bypassed the page cache
+    throttled_seconds: float = 0.0  # time spent waiting on the bandwidth limit

@@ -2,7 +2,8 @@
 
 ``decide`` must not change anything: ``explain`` calls it alone, and ``fetch`` calls
 it and then ``act`` with the same inputs, so the verdict an operator reads is the one
-that drove the run.
+that drove the run. There is one way to say no: ``raise Refused(reason)``, from
+``serves``, ``decide`` or anything they call.
 """
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ from typing import Any, Callable, ClassVar
 
 from oslo_config import cfg
 
+from image_handlers.conf import GROUP
+from image_handlers.exceptions import Refused
 from image_handlers.image import ImageInfo
 from image_handlers.locations import Location
+from image_handlers.results import Provided
 from image_handlers.targets import Target
+
+__all__ = ['ANY_VIRT_DRIVER', 'Decision', 'Handler', 'Provided', 'Refused', 'Request']
 
 ANY_VIRT_DRIVER = '*'
 
@@ -37,34 +43,12 @@ class Request:
 
 @dataclasses.dataclass
 class Decision:
-    accepted: bool
+    """A handler's yes: what it would do and why. A no is ``raise Refused(reason)``."""
+
     reason: str
-    zero_copy: bool = False
+    method: str                     # what act() will do: clone, reflink, copy, ...
     # Whatever decide() learned that act() needs (so act does not look it up again).
     plan: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def accept(cls, reason: str, zero_copy: bool, **plan) -> 'Decision':
-        return cls(True, reason, zero_copy, plan)
-
-    @classmethod
-    def refuse(cls, reason: str) -> 'Decision':
-        return cls(False, reason)
-
-
-@dataclasses.dataclass
-class Provided:
-    """What act() produced.
-
-    ``complete`` is False when the disk is usable now but still reads from a backing
-    source until ``wait_complete`` (a background fill) returns.
-    """
-
-    zero_copy: bool
-    bytes_transferred: int
-    complete: bool = True
-    wait_complete: Callable[[float | None], None] | None = None
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Handler(abc.ABC):
@@ -75,26 +59,36 @@ class Handler(abc.ABC):
     virt_drivers: ClassVar[frozenset[str]] = frozenset({ANY_VIRT_DRIVER})
     #: Target kinds (targets.FILE, targets.RBD) this handler can produce.
     target_kinds: ClassVar[frozenset[str]]
-    #: Location schemes this handler reads.
+    #: Location schemes this handler reads (each parsed by its location class, an
+    #: ``image_handlers.locations`` entry point).
     schemes: ClassVar[frozenset[str]]
-    #: True when a success means no image bytes were copied (logged as a fallback
-    #: when such a handler is passed over).
+    #: True when this handler normally copies no image bytes: passing it over for a
+    #: full copy is logged at WARNING with its reason.
     zero_copy: ClassVar[bool] = False
+    #: This handler's options, in [image_handlers]. Registered and documented
+    #: (``conf.list_opts``) for every installed handler, so a new handler touches no
+    #: core module. An option several handlers read may be listed by each.
+    opts: ClassVar[tuple[cfg.Opt, ...]] = ()
 
     def __init__(self, conf: cfg.ConfigOpts):
         self.conf = conf
 
-    def serves(self, request: Request) -> str | None:
-        """None when this handler can serve the request's driver and target kind,
-        else the reason it cannot."""
+    @classmethod
+    def register_opts(cls, conf: cfg.ConfigOpts) -> None:
+        """Register this handler's options (override to add other groups)."""
+        conf.register_opts(list(cls.opts), group=GROUP)
+
+    def serves(self, request: Request) -> None:
+        """Raise Refused unless this handler serves the request's driver and target."""
         if (ANY_VIRT_DRIVER not in self.virt_drivers
                 and request.virt_driver not in self.virt_drivers):
-            return (f'{self.name} does not serve virt driver {request.virt_driver!r} '
-                    f'(serves {", ".join(sorted(self.virt_drivers))})')
+            raise Refused(
+                f'{self.name} does not serve virt driver {request.virt_driver!r} '
+                f'(serves {", ".join(sorted(self.virt_drivers))})')
         if request.target.kind not in self.target_kinds:
-            return (f'{self.name} cannot produce a {request.target.kind} target '
-                    f'(produces {", ".join(sorted(self.target_kinds))})')
-        return None
+            raise Refused(
+                f'{self.name} cannot produce a {request.target.kind} target '
+                f'(produces {", ".join(sorted(self.target_kinds))})')
 
     def candidates(self, request: Request) -> list[Location]:
         """Locations this handler would consider (extra ones it brings, too)."""
@@ -102,7 +96,8 @@ class Handler(abc.ABC):
 
     @abc.abstractmethod
     def decide(self, request: Request, location: Location) -> Decision:
-        """Can this handler serve ``request`` from ``location``? Never changes state."""
+        """How this handler would serve ``request`` from ``location``; raise
+        Refused(reason) when it cannot. Never changes state."""
 
     @abc.abstractmethod
     def act(self, request: Request, location: Location, decision: Decision) -> Provided:

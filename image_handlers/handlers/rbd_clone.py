@@ -17,15 +17,36 @@ from oslo_log import log as logging
 
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
-from image_handlers.handlers.base import Decision, Handler, Provided, Request
+from image_handlers.handlers.base import Decision, Handler, Refused, Request
 from image_handlers.locations import Location, RbdLocation
 from image_handlers.rbd import claims
 from image_handlers.rbd import cluster as rbd_cluster
+from image_handlers.rbd import options as rbd_options
+from image_handlers.results import RAW, RBD_PARENT, Dependency, Provided
 from image_handlers.targets import RBD, RbdTarget
 
 LOG = logging.getLogger(__name__)
 
 RAW_FORMATS = ('raw',)
+
+clone_opts = (
+    cfg.StrOpt('rbd_target_pool',
+               help='Pool that instance disks are cloned into. Default: [libvirt] '
+                    'images_rbd_pool.'),
+    cfg.ListOpt('rbd_allowed_target_pools', default=[],
+                help='Pools a clone may be created in; empty means only '
+                     'rbd_target_pool.'),
+    cfg.IntOpt('rbd_max_clone_depth', default=3, min=1,
+               help='Longest parent chain a new clone may have (the clone counts). '
+                    'Deep chains slow every read that falls through to a parent.'),
+    cfg.BoolOpt('rbd_flatten', default=False,
+                help='Flatten every clone (copies all data in the cluster; the disk '
+                     'no longer depends on the image).'),
+    cfg.ListOpt('rbd_flatten_purposes',
+                default=['unshelve', 'cross_cell_move', 'live_migration'],
+                help='Request purposes for which a clone is flattened, so that a '
+                     'moved or restored disk does not depend on the image.'),
+)
 
 
 class RbdCloneHandler(Handler):
@@ -33,6 +54,11 @@ class RbdCloneHandler(Handler):
     target_kinds = frozenset({RBD})
     schemes = frozenset({'rbd'})
     zero_copy = True
+    opts = rbd_options.cluster_opts + clone_opts
+
+    @classmethod
+    def register_opts(cls, conf: cfg.ConfigOpts) -> None:
+        rbd_options.register(conf, cls.opts)
 
     def __init__(self, conf: cfg.ConfigOpts):
         super().__init__(conf)
@@ -52,40 +78,34 @@ class RbdCloneHandler(Handler):
         target: RbdTarget = request.target  # serves() guarantees the kind
         image = request.image
         if not image.has_data:
-            return Decision.refuse(f'image status is {image.status!r}, not active')
+            raise Refused(f'image status is {image.status!r}, not active')
         if (image.disk_format or '').lower() not in RAW_FORMATS:
-            return Decision.refuse(
+            raise Refused(
                 f'disk_format {image.disk_format} cannot be cloned as raw (a clone '
                 f'shares the image\'s bytes, which are not a raw disk)')
-        try:
-            claims.check_names(location, image, self.source_pools)
-        except claims.Refused as refused:
-            return Decision.refuse(str(refused))
+        claims.check_names(location, image, self.source_pools)
         if target.pool not in self.target_pools:
-            return Decision.refuse(
+            raise Refused(
                 f'rbd: target pool {target.pool!r} is not allowed (allowed: '
                 f'{", ".join(sorted(self.target_pools))})')
         try:
             cluster = rbd_cluster.get_cluster(self.settings)
         except rbd_cluster.ClusterUnavailable as exc:
-            return Decision.refuse(f'rbd: {exc}')
+            raise Refused(f'rbd: {exc}') from exc
         if location.fsid != cluster.fsid:
-            return Decision.refuse(
+            raise Refused(
                 f'rbd: fsid {location.fsid} is not this cluster\'s fsid {cluster.fsid} '
                 f'({self.settings.ceph_conf})')
-        try:
-            snap = claims.inspect_snapshot(cluster, location, image,
-                                           max_ancestors=self.max_depth)
-        except claims.Refused as refused:
-            return Decision.refuse(str(refused))
+        snap = claims.inspect_snapshot(cluster, location, image,
+                                       max_ancestors=self.max_depth)
         where = f'{location.pool}/{location.image}@{location.snapshot}'
         if not snap.protected:
-            return Decision.refuse(
+            raise Refused(
                 f'rbd: snapshot {where} is not protected, so it could change under '
                 f'the clone')
         depth = 1 + snap.ancestors
         if depth > self.max_depth:
-            return Decision.refuse(
+            raise Refused(
                 f'rbd: the clone would be {depth} levels deep (limit {self.max_depth}; '
                 f'[image_handlers] rbd_max_clone_depth)')
         if request.size is not None and request.size < snap.size:
@@ -97,10 +117,11 @@ class RbdCloneHandler(Handler):
                 f'target {target.display} already exists; image_handlers never '
                 f'overwrites a disk: remove it yourself or choose another name')
         flatten = (self.flatten_always or request.purpose in self.flatten_purposes)
-        return Decision.accept(
+        return Decision(
             f'copy-on-write clone of {where} ({snap.size} bytes, depth {depth}) into '
             f'{target.display}' + (' then flatten' if flatten else ''),
-            zero_copy=True, flatten=flatten, snap_size=snap.size, depth=depth)
+            method='clone+flatten' if flatten else 'clone',
+            plan={'flatten': flatten, 'snap_size': snap.size, 'depth': depth})
 
     @staticmethod
     def _exists(cluster: rbd_cluster.Cluster, target: RbdTarget) -> bool:
@@ -146,8 +167,17 @@ class RbdCloneHandler(Handler):
                 LOG.warning('removing the clone %s after a failure', target.display)
                 rbd.RBD().remove(c_ioctx, target.name)  # we created it: ours to remove
                 raise
-        return Provided(zero_copy=True, bytes_transferred=0,
-                        details={'parent': f'{location.pool}/{location.image}@'
-                                           f'{location.snapshot}',
-                                 'fsid': cluster.fsid, 'flattened': plan['flatten'],
+        parent = f'{location.pool}/{location.image}@{location.snapshot}'
+        depends = None if plan['flatten'] else Dependency(
+            RBD_PARENT, f'{parent} (cluster {cluster.fsid})',
+            pin=f'protected snapshot {parent}: Ceph refuses to unprotect or delete '
+                f'it while this clone exists',
+            until=f'rbd flatten {target.pool}/{target.name}')
+        # A flatten copies every allocated byte inside the cluster: say so.
+        return Provided(method=decision.method,
+                        bytes_copied=plan['snap_size'] if plan['flatten'] else 0,
+                        disk_format=RAW, depends_on=depends,
+                        verified=None,
+                        details={'parent': parent, 'fsid': cluster.fsid,
+                                 'flattened': plan['flatten'],
                                  'clone_depth': plan['depth']})

@@ -19,30 +19,35 @@ from oslo_config import cfg
 
 from image_handlers import conf as ih_conf
 from image_handlers import copy as copy_engine
+from image_handlers.copy.conf import copy_options, copy_opts
 from image_handlers.copy.rbd_source import RbdSource
-from image_handlers.handlers.base import Decision, Handler, Provided, Request
+from image_handlers.handlers.base import Decision, Handler, Refused, Request
 from image_handlers.locations import (GlanceApiLocation, HttpLocation, Location,
                                       RbdLocation)
 from image_handlers.rbd import claims
+from image_handlers.rbd import options as rbd_options
+from image_handlers.results import Provided
 from image_handlers.targets import FILE
 
 
-def copy_options(conf: cfg.ConfigOpts) -> copy_engine.CopyOptions:
-    """CopyOptions from ``[image_handlers]`` (shared with the ``copy`` command)."""
-    group = conf[ih_conf.GROUP]
-    return copy_engine.CopyOptions(
-        buffer_size=group.copy_buffer_size,
-        bandwidth_limit=group.bandwidth_limit,
-        retries=group.copy_retries,
-        retry_backoff=group.copy_retry_backoff,
-        retry_backoff_max=group.copy_retry_backoff_max,
-        checkpoint_interval=group.checkpoint_interval,
-        progress_interval=group.progress_interval,
-        connect_timeout=group.connect_timeout,
-        read_timeout=group.read_timeout,
-        sparse=group.sparse,
-        direct_io=group.direct_io,
-        lock_dir=os.path.join(group.state_dir, 'locks'))
+stream_copy_opts = (
+    cfg.ListOpt(
+        'http_location_allowed_hosts', default=[],
+        help='Hosts (names or addresses, optionally host:port) whose http(s) '
+             'image locations may be read directly. Any other http(s) location is '
+             'refused, because a location is a claim made by whoever added it and '
+             'reading it from a compute host could reach internal services. The '
+             'image data API of Glance itself is always allowed.'),
+    cfg.IntOpt(
+        'glance_api_weight', default=0,
+        help='Weight of Glance\'s own image data API among the locations of an '
+             'image (location metadata "weight" works the same way; higher is '
+             'tried first).'),
+    cfg.ListOpt('rbd_source_ceph_confs', default=[],
+                help='Further ceph.conf files of clusters that stream_copy may read '
+                     'rbd:// locations from (full copy, hash verified). The cluster '
+                     'is matched by fsid; rbd_ceph_conf is always included.'),
+)
 
 
 class StreamCopyHandler(Handler):
@@ -50,6 +55,11 @@ class StreamCopyHandler(Handler):
     target_kinds = frozenset({FILE})
     schemes = frozenset({'http', 'glance', 'rbd'})
     zero_copy = False
+    opts = tuple(copy_opts) + stream_copy_opts + rbd_options.cluster_opts
+
+    @classmethod
+    def register_opts(cls, conf: cfg.ConfigOpts) -> None:
+        rbd_options.register(conf, cls.opts)
 
     def __init__(self, conf: cfg.ConfigOpts):
         super().__init__(conf)
@@ -72,18 +82,18 @@ class StreamCopyHandler(Handler):
     def decide(self, request: Request, location: Location) -> Decision:
         image = request.image
         if not image.has_data:
-            return Decision.refuse(
+            raise Refused(
                 f'image status is {image.status!r}: Glance holds no data for it '
                 f'(upload or import the image first)')
         expected = image.expected_hash
         if expected is None and not self.allow_unverified:
-            return Decision.refuse(
+            raise Refused(
                 'image has neither os_hash_value nor checksum, so a copy cannot be '
                 'verified; set [image_handlers] allow_unverified_copies = true to '
                 'accept unverified copies')
         if isinstance(location, HttpLocation):
             if not self._host_allowed(location):
-                return Decision.refuse(
+                raise Refused(
                     f'http location host {location.host}:{location.port} is not in '
                     f'[image_handlers] http_location_allowed_hosts (a location is a '
                     f'claim; add the host there to read it directly)')
@@ -91,23 +101,20 @@ class StreamCopyHandler(Handler):
         check = f'verified against {expected.algo}' if expected else 'NOT verified'
         if isinstance(location, RbdLocation):
             return self._decide_rbd(request, location, size, check)
-        return Decision.accept(f'full copy of {size} from {location.display}, {check}',
-                               zero_copy=False)
+        return Decision(f'full copy of {size} from {location.display}, {check}',
+                        method='copy')
 
     def _decide_rbd(self, request: Request, location: RbdLocation, size: str,
                     check: str) -> Decision:
         """The claims rbd_clone checks, except protection: a snapshot never changes,
         and the hash check proves the bytes anyway."""
-        try:
-            claims.check_names(location, request.image, self.rbd_source_pools)
-            cluster = self.rbd_clusters.find(location.fsid)
-            claims.inspect_snapshot(cluster, location, request.image)
-        except claims.Refused as refused:
-            return Decision.refuse(str(refused))
-        return Decision.accept(
+        claims.check_names(location, request.image, self.rbd_source_pools)
+        cluster = self.rbd_clusters.find(location.fsid)
+        claims.inspect_snapshot(cluster, location, request.image)
+        return Decision(
             f'full copy of {size} from {location.display} through librbd '
             f'(cluster {cluster.fsid}, {cluster.settings.ceph_conf}), {check}',
-            zero_copy=False, cluster=cluster)
+            method='copy', plan={'cluster': cluster})
 
     def _host_allowed(self, location: HttpLocation) -> bool:
         return (location.host in self.allowed_hosts
@@ -127,19 +134,13 @@ class StreamCopyHandler(Handler):
                     if expected else None)
         task = copy_engine.copy(
             source, request.target.path, checksum=checksum, expected_size=image.size,
-            options=copy_options(self.conf), lock_name=f'image-{image.id}',
+            options=copy_options(self.conf[ih_conf.GROUP]),
+            lock_name=f'image-{image.id}',
             description=f'image {image.id} from {location.display}')
-        result = task.wait()
-        details = {'verified': str(result.checksum) if result.checksum else None,
-                   'resumed_from': result.resumed_from,
-                   'restarts_from_zero': result.restarts_from_zero,
-                   'retries': result.retries,
-                   'sparse_bytes': result.sparse_bytes,
-                   'reused_existing': result.reused_existing,
-                   'disk_format': image.disk_format}
+        provided = Provided.from_copy(task.wait(), image.disk_format)
         if isinstance(source, RbdSource):
             # Holes are zeros made here, not reads: what the cluster really served.
-            details.update(rbd_bytes_read=source.bytes_read,
-                           rbd_hole_bytes=source.hole_bytes)
-        return Provided(zero_copy=False, bytes_transferred=result.bytes_transferred,
-                        details=details)
+            provided.details.update(rbd_bytes_read=source.bytes_read,
+                                    rbd_hole_bytes=source.hole_bytes)
+        return provided
+

@@ -1,13 +1,19 @@
 """Typed image locations, one class per URL scheme, and a factory by scheme.
 
-``parse_location`` never raises: a URL that fails validation becomes a
+Location classes are ``image_handlers.locations`` entry points named by scheme, so a
+handler that reads a new scheme brings its class in its own files. ``parse_location``
+never raises: a URL that fails validation becomes a
 ``MalformedLocation`` and an unknown scheme an ``UnknownLocation``, both carrying the
 reason, so that nothing is silently dropped or guessed at.
 """
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from typing import Any
+
+import stevedore
+from oslo_log import log as logging
 
 from image_handlers import exceptions
 from image_handlers.locations.base import Location, redact_url
@@ -17,17 +23,23 @@ from image_handlers.locations.iscsi import IscsiLocation
 from image_handlers.locations.rbd import RbdLocation
 from image_handlers.locations.unusable import MalformedLocation, UnknownLocation
 
-SCHEMES: dict[str, type[Location]] = {
-    'rbd': RbdLocation,
-    'file': FileLocation,
-    'http': HttpLocation,
-    'https': HttpLocation,
-    'iscsi': IscsiLocation,
-}
+LOG = logging.getLogger(__name__)
+NAMESPACE = 'image_handlers.locations'
 
 __all__ = ['Location', 'RbdLocation', 'FileLocation', 'HttpLocation',
            'GlanceApiLocation', 'IscsiLocation', 'UnknownLocation',
-           'MalformedLocation', 'parse_location', 'redact_url', 'SCHEMES']
+           'MalformedLocation', 'parse_location', 'redact_url', 'schemes']
+
+
+@functools.cache
+def schemes() -> dict[str, type[Location]]:
+    """Scheme -> location class, from the installed entry points (read once)."""
+    def failed(manager, entrypoint, exc):
+        LOG.warning('location class for scheme %s could not be loaded: %s',
+                    entrypoint.name, exc)
+    manager = stevedore.ExtensionManager(NAMESPACE, invoke_on_load=False,
+                                         on_load_failure_callback=failed)
+    return {ext.name.lower(): ext.plugin for ext in manager}
 
 
 def parse_location(url: Any, metadata: dict | None = None, index: int = 0) -> Location:
@@ -37,7 +49,7 @@ def parse_location(url: Any, metadata: dict | None = None, index: int = 0) -> Lo
         return MalformedLocation(url=str(url), metadata=metadata, index=index,
                                  error=f'location URL {url!r} is empty or not a string')
     scheme = urllib.parse.urlsplit(url).scheme.lower() if ':' in url else ''
-    cls = SCHEMES.get(scheme)
+    cls = schemes().get(scheme)
     if cls is None:
         return UnknownLocation(url=url, metadata=metadata, index=index,
                                found_scheme=scheme or '<none>')

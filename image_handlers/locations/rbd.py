@@ -5,7 +5,6 @@ Strict: exactly four URL-quoted, non-empty parts, as glance_store writes them.
 from __future__ import annotations
 
 import dataclasses
-import urllib.parse
 
 from image_handlers.locations.base import Location, unquote_strict
 
@@ -41,7 +40,3 @@ class RbdLocation(Location):
     @property
     def endpoint_key(self) -> str:
         return f'rbd://{self.fsid}/{self.pool}'
-
-
-def quote_part(value: str) -> str:
-    return urllib.parse.quote(value, safe='')

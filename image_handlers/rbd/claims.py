@@ -13,13 +13,10 @@ import dataclasses
 from oslo_config import cfg
 
 from image_handlers import conf as ih_conf
+from image_handlers.exceptions import Refused
 from image_handlers.image import ImageInfo
 from image_handlers.locations import RbdLocation
 from image_handlers.rbd import cluster as rbd_cluster
-
-
-class Refused(Exception):
-    """The location cannot be used; ``str(exc)`` is the reason an operator reads."""
 
 
 def check_names(location: RbdLocation, image: ImageInfo,

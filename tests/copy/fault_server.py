@@ -27,6 +27,7 @@ class Faults:
     status_once: int | None = None    # next request gets this status (e.g. 500)
     status_always: int | None = None  # every request gets this status (e.g. 404)
     pause_after: int | None = None    # stop sending after N body bytes until resumed
+    fail_from_request: int | None = None  # the Nth request (0-based) and later get 503
     redirects: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -91,6 +92,9 @@ class FaultServer:
             faults = self.faults
             status = faults.status_always or faults.status_once
             faults.status_once = None
+            if (faults.fail_from_request is not None
+                    and len(self.requests) > faults.fail_from_request):
+                status = status or 503
             redirect = faults.redirects.get(h.path)
             close_after = None
             if redirect is None and status is None and h.path == self.path:

@@ -35,7 +35,6 @@ def test_kill_9_then_a_new_process_resumes(servers, options, image, tmp_path):
 
     assert result.resumed_from == 3 * MiB
     assert server.bytes_sent - sent_before == len(image) - 3 * MiB
-    assert result.checksum == sha512(image)
     with open(target, 'rb') as f:
         assert f.read() == image
     assert os.listdir(tmp_path) == ['disk']

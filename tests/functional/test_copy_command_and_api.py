@@ -18,7 +18,7 @@ def test_copy_command_verifies_and_reports(nginx_lab, nova_conf, cli, tmp_path):
               '--config-file', nova_conf(), '--json')
     assert res.rc == 0, res
     assert res.json['handler'] == 'stream_copy' and res.json['image_id'] is None
-    assert res.json['bytes_transferred'] == len(data)
+    assert res.json['bytes_copied'] == len(data)
     assert (tmp_path / 'out').read_bytes() == data
 
     wrong = 'sha256:' + hashlib.sha256(b'other').hexdigest()
@@ -57,7 +57,7 @@ def test_python_api_fetch_records_throughput(make_image, nova_conf, tmp_path):
     image_id = make_image(data)
     conf = api.make_conf([nova_conf()])
     result = api.fetch(conf, image_id, str(tmp_path / 'disk'))
-    assert result.handler == 'stream_copy' and result.bytes_transferred == len(data)
+    assert result.handler == 'stream_copy' and result.bytes_copied == len(data)
     with open(os.path.join(conf.image_handlers.state_dir, 'throughput.json')) as f:
         measured = json.load(f)
     (key, entry), = measured.items()

@@ -23,7 +23,7 @@ def test_fetch_from_glance_data_api(make_image, nova_conf, cli, tmp_path):
     assert out['image_id'] == image_id and out['target'] == str(target)
     assert out['handler'] == 'stream_copy' and out['zero_copy'] is False
     assert out['location'].startswith(f'glance:{image_id}')
-    assert out['bytes_transferred'] == len(data)
+    assert out['bytes_copied'] == len(data)
     assert out['seconds'] > 0
     used = [a for a in out['attempts'] if a['outcome'] == 'used']
     assert len(used) == 1 and 'verified against sha512' in used[0]['reason']
@@ -31,7 +31,7 @@ def test_fetch_from_glance_data_api(make_image, nova_conf, cli, tmp_path):
     # explained, not silently dropped.
     assert any(a['location'].startswith('file://') and a['outcome'] == 'skipped'
                and 'no enabled handler reads file' in a['reason'] for a in out['attempts'])
-    assert out['details']['verified'] == 'sha512:' + hashlib.sha512(data).hexdigest()
+    assert out['verified'] == 'sha512:' + hashlib.sha512(data).hexdigest()
     # sparse: the zero megabytes were not written
     assert os.stat(target).st_blocks * 512 < len(data)
     assert _no_leftovers(tmp_path) == sorted(['disk.raw', 'state'] + [

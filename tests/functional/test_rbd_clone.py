@@ -57,7 +57,7 @@ def test_clone_is_copy_on_write_child(rbd_image, nova_conf, cli, rbd_admin, disk
     assert res.rc == 0, res
     out = res.json
     assert out['handler'] == 'rbd_clone' and out['zero_copy'] is True
-    assert out['bytes_transferred'] == 0
+    assert out['bytes_copied'] == 0
     assert out['details']['parent'] == f'images/{image_id}@snap'
     with rbd_admin.open_ioctx('vms') as ioctx:
         with contextlib.closing(rbd.Image(ioctx, disk_name)) as clone:

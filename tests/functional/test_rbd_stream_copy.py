@@ -133,7 +133,7 @@ def test_file_target_reads_the_rbd_location(make_image, nova_conf, cli, tmp_path
     assert 'through librbd' in used[0]['reason'], used
     assert 'cannot produce a file target' in _attempts(out, 'rbd_clone')[0]['reason']
     assert target.read_bytes() == data
-    assert out['details']['verified'] == 'sha512:' + hashlib.sha512(data).hexdigest()
+    assert out['verified'] == 'sha512:' + hashlib.sha512(data).hexdigest()
     assert out['details']['rbd_bytes_read'] + out['details']['rbd_hole_bytes'] == len(data)
     # the zero megabytes were left as holes in the file
     assert os.stat(target).st_blocks * 512 <= 8 * MiB
@@ -253,7 +253,7 @@ def test_foreign_cluster_read_when_configured(foreign_located, foreign_ceph, nov
     used = [a for a in out['attempts'] if a['outcome'] == 'used'][0]
     assert f'cluster {foreign_ceph.fsid}, {foreign_ceph.conf_path}' in used['reason']
     assert target.read_bytes() == data
-    assert out['details']['verified'] == 'sha512:' + hashlib.sha512(data).hexdigest()
+    assert out['verified'] == 'sha512:' + hashlib.sha512(data).hexdigest()
     # written sparsely there: the holes (20 of 32 MiB) were never read from the OSDs
     details = out['details']
     assert details['rbd_hole_bytes'] >= 20 * MiB
@@ -319,10 +319,10 @@ def test_killed_rbd_copy_resumes(make_image, nova_conf, cli, tmp_path, ceph_lab)
     out = res.json
     assert out['location'] == f'rbd://{ceph_lab.fsid}/images/{image_id}/snap'
     assert seen <= out['details']['resumed_from'] < len(data)
-    assert out['bytes_transferred'] == len(data) - out['details']['resumed_from']
+    assert out['bytes_copied'] == len(data) - out['details']['resumed_from']
     with open(target, 'rb') as f:
         assert f.read() == data
-    assert out['details']['verified'] == 'sha512:' + hashlib.sha512(data).hexdigest()
+    assert out['verified'] == 'sha512:' + hashlib.sha512(data).hexdigest()
 
 
 def test_checkpoint_of_a_recreated_image_is_discarded(cluster, rbd_admin, tmp_path):

@@ -206,12 +206,25 @@ def test_signature_verification_leaves_the_download_to_nova(nova_env, context,
     assert not os.path.exists(tmp_path / 'x.part')
 
 
-def test_integration_off_changes_nothing(nova_env, context, instance):
+def test_integration_off_changes_nothing(nova_env, make_image, instance,
+                                        create_root_disk, remove_disks, context,
+                                        caplog, tmp_path):
+    """nova_integration off: the patched driver runs Nova's own code alone. The same
+    spawn as the first test makes its disk (Nova's own clone), but the chain is never
+    built, nothing of image_handlers logs, and download() leaves the file to Nova."""
+    data = image_bytes(4 * MiB, seed=37)
+    image_id = make_image(data, backend='ceph')
     nova_env(image_handlers={'nova_integration': False})
+    hooks.reset()
+    inst = instance(image_id)
+    remove_disks(f'{inst.uuid}_disk')
+    caplog.set_level(logging.DEBUG)
 
-    def nova_fetch(*args, **kwargs):
-        pass
+    backend = create_root_disk(inst, image_id)
 
-    assert hooks.zero_copy_first(object(), nova_fetch, context, 'id',
-                                 instance('id'), None) is nova_fetch
-    assert hooks.download(context, 'id', '/nonexistent/x.part') is False
+    assert backend.exists()
+    assert hooks._chain is None
+    assert not [r for r in caplog.records if r.name.startswith('image_handlers')]
+    part = tmp_path / 'x.part'
+    assert hooks.download(context, image_id, str(part)) is False
+    assert not part.exists()

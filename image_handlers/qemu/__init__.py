@@ -1,0 +1,1 @@
+"""qemu-img, as the handlers use it: inspect, make overlays, fill them."""
