@@ -187,3 +187,81 @@ def http_image(glance, nginx_lab, tmp_path):
     yield make
     for image_id in created:
         glance.images.delete(image_id)
+
+
+# -- shared file systems (shared_fs) ---------------------------------------------------
+# XFS (reflink), btrfs and ext4 on loop devices, a one-brick GlusterFS volume through
+# FUSE, each with the identity marker an operator writes, and a Glance ("glance-fs",
+# beside glance_lab) with a file store on each of them.
+from tools.lab import GlusterService, LoopFsService, write_fs_marker  # noqa: E402
+
+FS_IDS = {'xfs': 'xfs-images', 'btrfs': 'btrfs-images', 'ext4': 'ext4-images',
+          'gluster': 'gluster-images'}
+GLANCE_FS_DATADIR = 'images'  # each file store's datadir, under its mount point
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers', 'own_gluster: starts its own lab gluster, so it runs first in the '
+        'session, before gluster_lab holds the one glusterd a machine can run')
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.get_closest_marker('own_gluster') is None)
+
+
+def _with_marker(svc, fs_id: str):
+    svc.start()
+    write_fs_marker(svc.mountpoint, fs_id)
+    return svc
+
+
+@pytest.fixture(scope='session')
+def xfs_lab():
+    """XFS with reflink on a loop device; ``.mountpoint``; marker 'xfs-images'."""
+    svc = _with_marker(LoopFsService('xfs'), FS_IDS['xfs'])
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope='session')
+def btrfs_lab():
+    """btrfs on a loop device; ``.mountpoint``; marker 'btrfs-images'."""
+    svc = _with_marker(LoopFsService('btrfs'), FS_IDS['btrfs'])
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope='session')
+def ext4_lab():
+    """ext4 (no reflink) on a loop device; ``.mountpoint``; marker 'ext4-images'."""
+    svc = _with_marker(LoopFsService('ext4'), FS_IDS['ext4'])
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope='session')
+def gluster_lab():
+    """A GlusterFS volume FUSE-mounted at ``.mountpoint``; marker 'gluster-images'."""
+    svc = _with_marker(GlusterService(), FS_IDS['gluster'])
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope='session')
+def glance_fs_lab(xfs_lab, btrfs_lab, ext4_lab, gluster_lab):
+    """Glance 'glance-fs' with file stores xfs, btrfs, ext4, gluster (plus fs, web):
+    an upload with backend=NAME lands in ``<mount>/images/<id>`` with location
+    metadata {id, mountpoint, store}."""
+    mounted = {'xfs': xfs_lab, 'btrfs': btrfs_lab, 'ext4': ext4_lab, 'gluster': gluster_lab}
+    stores = {name: (fs.mountpoint / GLANCE_FS_DATADIR,
+                     {'id': FS_IDS[name], 'mountpoint': str(fs.mountpoint)})
+              for name, fs in mounted.items()}
+    svc = GlanceService(name='glance-fs', file_stores=stores).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope='session')
+def glance_fs(glance_fs_lab):
+    return glance_fs_lab.client()
