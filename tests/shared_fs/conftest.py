@@ -1,9 +1,9 @@
 """Real file systems on loop devices for the shared_fs tests (root, like CI).
 
-The lab's ``tools/lab/loopfs.py`` (LoopFsService) makes them; ``LocalLoopFs``, a
-stand-in with the same interface (mkfs on a sparse file, losetup, mount; all
-undone at teardown), is used only where that module is absent. Set
-IH_LAB_RUN_DIR to keep these apart from another run's.
+The lab's LoopFsService (tools/lab/loopfs.py) makes XFS with reflink, btrfs and
+ext4. ``LocalLoopFs`` makes only the XFS *without* reflink: LoopFsService puts
+``mkfs_args`` after its own ``-m reflink=1``, and mkfs.xfs refuses a respecified
+option. Set IH_LAB_RUN_DIR to keep these apart from another run's.
 """
 from __future__ import annotations
 
@@ -15,21 +15,15 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from tools.lab.loopfs import LoopFsService, write_fs_marker
-except ImportError:         # the lab service is not there yet: the stand-in below
-    LoopFsService = None    # type: ignore[assignment,misc]
-    write_fs_marker = None  # type: ignore[assignment]
-
+from tools.lab.loopfs import LoopFsService, write_fs_marker
 from tools.lab.service import RUN_DIR
 
 MiB = 1 << 20
-MARKER = '.image_handlers_fs_id'
 
 
 class LocalLoopFs:
-    """Stand-in for LoopFsService (without tools/lab/loopfs.py): ``fs_type`` on a
-    sparse file on a loop device."""
+    """LoopFsService's interface, for what it cannot make: ``fs_type`` with
+    ``mkfs_args`` instead of the defaults, on a sparse file on a loop device."""
 
     def __init__(self, fs_type: str, *, size_mib: int = 320, name: str | None = None,
                  run_dir: Path | None = None, mkfs_args: tuple[str, ...] = ()) -> None:
@@ -75,20 +69,9 @@ def _run(*argv: str) -> str:
     return proc.stdout
 
 
-def _marker(mountpoint: Path | str, fs_id: str) -> None:
-    if write_fs_marker is not None:
-        write_fs_marker(mountpoint, fs_id)
-    else:
-        Path(mountpoint, MARKER).write_text(fs_id + '\n')
-
-
 def _start(fs_type: str, name: str, size_mib: int = 320,
            mkfs_args: tuple[str, ...] = ()):
-    # The lab's LoopFsService puts mkfs_args after its defaults, and mkfs.xfs
-    # refuses "-m reflink=1 -m reflink=0" ("option respecified"): the stand-in
-    # makes the XFS without reflink.
-    cls = (LoopFsService if LoopFsService is not None and not mkfs_args
-           else LocalLoopFs)
+    cls = LocalLoopFs if mkfs_args else LoopFsService
     service = cls(fs_type, size_mib=size_mib, name=name, mkfs_args=mkfs_args)
     service.start()
     return service
@@ -142,7 +125,7 @@ def fs_dir(request):
 
 @pytest.fixture
 def write_marker():
-    return _marker
+    return write_fs_marker
 
 
 @pytest.fixture

@@ -404,3 +404,8 @@ class _no_hang:
     def __exit__(self, *exc):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, self.previous)
+
+
+def test_the_marker_is_the_one_the_lab_and_operators_write():
+    from tools.lab import loopfs
+    assert paths.MARKER_NAME == loopfs.FS_MARKER

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from image_handlers import exceptions
-from image_handlers.shared_fs import fiemap, reflink
+from image_handlers.shared_fs import fiemap, mounts, reflink
 from image_handlers.shared_fs.errors import ReflinkError, ReflinkUnsupported
 
 MiB = 1 << 20
@@ -208,3 +208,24 @@ def test_clone_fd_error_types(fs_dir, ext4):
         os.close(src)
         os.close(dst)
         os.unlink(ext4 / f'dst-{os.getpid()}')
+
+
+@pytest.mark.parametrize('fs_type, options, verdict, words', [
+    ('fuse.glusterfs', ('rw',), False, 'FUSE'),
+    ('fuse', ('rw',), False, 'FUSE'),
+    ('tmpfs', ('rw',), False, 'tmpfs'),
+    ('nfs4', ('rw',), None, 'will try'),
+    ('zfs', ('rw',), None, 'will try'),
+    ('btrfs', ('ro',), False, 'read-only'),
+    ('ocfs2', ('rw',), True, 'ocfs2'),
+])
+def test_reflink_support_by_file_system_type(fs_type, options, verdict, words,
+                                             tmp_path, monkeypatch):
+    """What the mount table alone decides (a file system this lab cannot mount)."""
+    fake = mounts.MountInfo(mount_id=1, parent_id=0, device=0, root='/',
+                            mount_point=str(tmp_path), options=options,
+                            fs_type=fs_type, source='server:/volume')
+    monkeypatch.setattr(reflink.mounts, 'mount_of_fd', lambda fd, path=None: fake)
+    support = reflink.reflink_support(tmp_path)
+    assert support.verdict is verdict and words in support.reason
+    assert 'server:/volume' in support.reason
