@@ -216,12 +216,12 @@ end-volume
             self._cli("volume", "create", self.volume,
                       f"{self.host}:{self.brick_dir}", "force")
             self._cli("volume", "start", self.volume)
-            self._own_brick()
+            self._own_volume_processes(need=("brick",))
             phases["volume"] = round(time.monotonic() - t0, 2)
             self._run([MOUNT, "-t", "glusterfs", "-o",
                        f"log-file={self._log_dir() / 'fuse.log'}", self.source,
                        str(self.mountpoint)])
-            self._own_fuse_client()
+            self._own_volume_processes(need=("fuse",))
             if not self._mounted():
                 raise ServiceError(f"{self.name}: {self.mountpoint} is not mounted")
         except ServiceError as exc:
@@ -232,37 +232,43 @@ end-volume
         self.save_state()
         return self
 
-    def _own_brick(self) -> None:
-        """Record the brick process and its socket in /var/run/gluster (not our dir)."""
-        pid_files = list((self.workdir / "run" / "vols" / self.volume).glob("*.pid"))
-        for pid_file in pid_files:
-            try:
-                pid = int(pid_file.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-            argv = _cmdline(pid)
-            if str(self.brick_dir) not in argv:
-                continue
-            self.own_pid(pid)
-            if "-S" in argv[:-1]:
-                self.own_path(argv[argv.index("-S") + 1])
-            return
-        raise ServiceError(f"{self.name}: no brick process (pid files {pid_files})")
-
-    def _own_fuse_client(self) -> None:
-        """Record the FUSE client: the glusterfs process whose last argument is our mount."""
+    def _volume_processes(self) -> dict[str, list[tuple[int, list[str]]]]:
+        """Live brick and FUSE client processes of this instance, found by argv: the
+        brick names our brick dir (``--brick-name``), the client ends with our mount."""
+        found: dict[str, list[tuple[int, list[str]]]] = {"brick": [], "fuse": []}
+        brick, mnt = str(self.brick_dir), str(self.mountpoint)
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                argv = _cmdline(int(entry.name))
-                if argv and argv[-1] == str(self.mountpoint) and "fuse" in argv \
-                        and alive(int(entry.name)):
-                    self.own_pid(int(entry.name))
-                    return
-        raise ServiceError(f"{self.name}: no FUSE client process for {self.mountpoint}")
+            if not entry.name.isdigit() or not alive(int(entry.name)):
+                continue
+            argv = _cmdline(int(entry.name))
+            if "--brick-name" in argv[:-1] and argv[argv.index("--brick-name") + 1] == brick:
+                found["brick"].append((int(entry.name), argv))
+            elif argv and argv[-1] == mnt and "fuse" in argv:
+                found["fuse"].append((int(entry.name), argv))
+        return found
+
+    def _own_volume_processes(self, need: tuple[str, ...] = ()) -> None:
+        """Record brick and FUSE client (own_pid) and the brick's socket in
+        /var/run/gluster (own_path); ServiceError if a kind in need is missing."""
+        found = self._volume_processes()
+        known = {int(p) for p, _ in self._owned("owned_pids")}
+        for kind, procs in found.items():
+            for pid, argv in procs:
+                if pid not in known:
+                    self.own_pid(pid)
+                if kind == "brick" and "-S" in argv[:-1]:
+                    self.own_path(argv[argv.index("-S") + 1])
+        missing = [kind for kind in need if not found[kind]]
+        if missing:
+            raise ServiceError(f"{self.name}: no {' or '.join(missing)} process running")
 
     def stop(self) -> None:
         """Unmount, stop and delete the volume (while glusterd runs), then kill what is
-        left (glusterd, brick, FUSE client), remove owned paths and the work dir."""
+        left (glusterd, brick, FUSE client), remove owned paths and the work dir.
+        Brick and client are looked for by argv too, in case a start died before
+        recording them."""
+        if self.workdir.is_dir():
+            self._own_volume_processes()
         if self._mounted():
             try:
                 mounts.umount(str(self.mountpoint))
