@@ -118,7 +118,8 @@ def resolve_source(location_path: str, glance_mountpoint: str | None,
                       f'{type(exc).__name__}: {exc}') from exc
 
 
-def _resolve(location_path, glance_mountpoint, mounts, fs_id, image_id, image_size):
+def _resolve(location_path: str, glance_mountpoint: str | None, mounts: dict[str, str],
+             fs_id: str | None, image_id: str, image_size: int | None) -> SourceFile:
     _check_image(image_id, image_size)
     path = _normal_absolute(location_path, 'file location path')
     if os.path.basename(path) != image_id:
@@ -148,7 +149,7 @@ def _resolve(location_path, glance_mountpoint, mounts, fs_id, image_id, image_si
         raise
 
 
-def _check_image(image_id, image_size) -> None:
+def _check_image(image_id: object, image_size: object) -> None:
     if (not isinstance(image_id, str) or not image_id or image_id in ('.', '..')
             or '/' in image_id or '\x00' in image_id):
         raise Refused(f'image id {image_id!r} cannot be a file name')
@@ -157,7 +158,7 @@ def _check_image(image_id, image_size) -> None:
                       f'cannot be checked against it')
 
 
-def _normal_absolute(value, what: str) -> str:
+def _normal_absolute(value: object, what: str) -> str:
     if not isinstance(value, str) or not value.startswith('/'):
         raise Refused(f'{what} {value!r} is not an absolute path')
     if '\x00' in value:
@@ -171,7 +172,8 @@ def _under(path: str, directory: str) -> bool:
     return directory == '/' or path.startswith(directory.rstrip('/') + '/')
 
 
-def _select(path, glance_mountpoint, mounts, fs_id):
+def _select(path: str, glance_mountpoint: str | None, mounts: dict[str, str],
+            fs_id: str | None) -> tuple[str, str, str, list[str]]:
     """(id, our mount point, our path of the file, notes) for the location."""
     configured = {}
     for key, mp in (mounts or {}).items():
