@@ -29,10 +29,12 @@ from .service import LabService, ServiceError
 LOSETUP = "/sbin/losetup"
 MOUNT = "/bin/mount"
 MKFS: dict[str, list[str]] = {
-    "xfs": ["/sbin/mkfs.xfs", "-q", "-m", "reflink=1"],
+    "xfs": ["/sbin/mkfs.xfs", "-q"],
     "btrfs": ["/sbin/mkfs.btrfs", "-q"],
     "ext4": ["/sbin/mkfs.ext4", "-q"],
 }
+# Options used unless mkfs_args are given (mkfs.xfs refuses a respecified -m option).
+DEFAULT_MKFS_ARGS: dict[str, tuple[str, ...]] = {"xfs": ("-m", "reflink=1")}
 MIN_SIZE_MIB = {"xfs": 300}  # mkfs.xfs refuses smaller file systems
 DEFAULT_SIZE_MIB = 320
 
@@ -71,8 +73,8 @@ class LoopFsService(LabService):
                  name: str | None = None, run_dir: Path | None = None,
                  mkfs_args: tuple[str, ...] = ()) -> None:
         """fs_type: xfs (reflink on), btrfs or ext4. name: the instance (work dir;
-        default fs_type). mkfs_args: extra mkfs options (e.g. ("-m", "reflink=0")
-        for an XFS without reflink, given after the defaults so they win)."""
+        default fs_type). mkfs_args: mkfs options INSTEAD of the defaults (XFS:
+        ``-m reflink=1``), e.g. ("-m", "reflink=0") for an XFS without reflink."""
         if fs_type not in MKFS:
             raise ValueError(f"fs_type must be one of {sorted(MKFS)}, not {fs_type!r}")
         if size_mib < MIN_SIZE_MIB.get(fs_type, 1):
@@ -80,7 +82,8 @@ class LoopFsService(LabService):
         name = name or fs_type
         if "/" in name or name.startswith("."):
             raise ValueError(f"bad lab service name {name!r}")
-        self.fs_type, self.size_mib, self.mkfs_args = fs_type, size_mib, tuple(mkfs_args)
+        self.fs_type, self.size_mib = fs_type, size_mib
+        self.mkfs_args = tuple(mkfs_args) or DEFAULT_MKFS_ARGS.get(fs_type, ())
         super().__init__(run_dir, name=name)
 
     # -- where things are -------------------------------------------------------
