@@ -42,18 +42,22 @@ def make_conf(config_files: list[str] | None = None,
 
 
 def fetch(conf: cfg.ConfigOpts, image_id: str, target: str, virt_driver: str = 'libvirt',
-          purpose: str = 'spawn', size: int | None = None) -> FetchResult:
-    """Provide ``image_id`` at ``target``; raises NoHandlerAvailable with every reason."""
+          purpose: str = 'spawn', size: int | None = None,
+          disk_format: str = 'raw') -> FetchResult:
+    """Provide ``image_id`` at ``target`` (a path, or rbd:POOL/NAME) to be used as a
+    ``disk_format`` disk; raises NoHandlerAvailable with every reason."""
     chain = HandlerChain(conf, virt_driver=virt_driver)
-    return chain.fetch(chain.request(image_id, target, purpose, size))
+    return chain.fetch(chain.request(image_id, parse_target(target, disk_format),
+                                     purpose, size))
 
 
 def explain(conf: cfg.ConfigOpts, image_id: str, target: str,
             virt_driver: str = 'libvirt', purpose: str = 'spawn',
-            size: int | None = None) -> FetchResult:
+            size: int | None = None, disk_format: str = 'raw') -> FetchResult:
     """Every handler's verdict for every location; writes nothing."""
     chain = HandlerChain(conf, virt_driver=virt_driver)
-    return chain.explain(chain.request(image_id, target, purpose, size))
+    return chain.explain(chain.request(image_id, parse_target(target, disk_format),
+                                       purpose, size))
 
 
 def copy(conf: cfg.ConfigOpts, source_url: str, target: str,

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                             'live_migration)')
         p.add_argument('--size', type=int, default=None,
                        help='requested disk size in bytes (RBD targets are resized)')
+        p.add_argument('--disk-format', choices=['raw', 'qcow2'], default='raw',
+                       help='how a file target will be used: raw (the image\'s bytes, '
+                            'like Nova\'s _base) or qcow2 (an instance disk that may '
+                            'be an overlay backed by the image)')
     p = sub.add_parser('copy', parents=[common], help='stream SOURCE_URL to TARGET')
     p.add_argument('source_url')
     p.add_argument('target')
@@ -107,14 +111,14 @@ def _fail(args, code: int, exc: Exception) -> int:
 
 def _fetch(conf, args) -> int:
     result = api.fetch(conf, args.image_id, args.target, args.virt_driver,
-                       args.purpose, args.size)
+                       args.purpose, args.size, args.disk_format)
     _emit(args, result)
     return EXIT_OK
 
 
 def _explain(conf, args) -> int:
     result = api.explain(conf, args.image_id, args.target, args.virt_driver,
-                         args.purpose, args.size)
+                         args.purpose, args.size, args.disk_format)
     _emit(args, result)
     return EXIT_OK if result.handler else EXIT_NO_HANDLER
 

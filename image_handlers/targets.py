@@ -25,7 +25,15 @@ class Target:
 
 @dataclasses.dataclass(frozen=True)
 class FileTarget(Target):
+    """A local file. ``disk_format`` is what the caller will use it as: ``raw``
+    (the image's bytes, e.g. Nova's ``_base`` file) or ``qcow2`` (an instance disk
+    that may be an overlay backed by the image, as Nova's Qcow2 backend makes)."""
+
     path: str = ''
+    disk_format: str = 'raw'
+    # The name the caller gives the file once done (Nova renames its ``.part`` to
+    # the ``_base`` file): handlers that record who depends on what use it.
+    final_path: str | None = None
 
     @property
     def display(self) -> str:
@@ -47,8 +55,11 @@ class RbdTarget(Target):
         return f'rbd:{self.pool}/{self.name}'
 
 
-def parse_target(spec: str) -> Target:
-    """``rbd:POOL/NAME`` or a file path (made absolute)."""
+DISK_FORMATS = ('raw', 'qcow2')
+
+
+def parse_target(spec: str, disk_format: str = 'raw') -> Target:
+    """``rbd:POOL/NAME`` or a file path (made absolute); ``disk_format`` for files."""
     if not spec:
         raise exceptions.InvalidTarget('empty target: give a file path or rbd:POOL/NAME')
     if spec.startswith('rbd:'):
@@ -61,4 +72,7 @@ def parse_target(spec: str) -> Target:
     if spec.endswith('/'):
         raise exceptions.InvalidTarget(
             f'target {spec!r} names a directory: give the path of the disk file')
-    return FileTarget(kind=FILE, path=os.path.abspath(spec))
+    if disk_format not in DISK_FORMATS:
+        raise exceptions.InvalidTarget(
+            f'target disk format {disk_format!r}: use one of {", ".join(DISK_FORMATS)}')
+    return FileTarget(kind=FILE, path=os.path.abspath(spec), disk_format=disk_format)

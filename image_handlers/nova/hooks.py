@@ -8,9 +8,13 @@ own clone is never tried on a location the chain refused, since it does not
 check that a location names the image's own data.
 
 ``download`` is asked first by ``nova.virt.images.fetch``, the download step of
-``fetch_to_raw``: the chain writes Nova's ``.part`` file (stream_copy: verified,
-resumable, O_DIRECT) and Nova's own format inspection, backing-file and
-data-file refusal and raw conversion then run on it as before.
+``fetch_to_raw``: the chain makes Nova's ``.part`` file -- a reflink, pinned link
+or symbolic link to a pin by shared_fs when Glance's store is a shared mount,
+else a copy by stream_copy (verified, resumable, O_DIRECT) -- and Nova's own
+format inspection, backing-file and data-file refusal and raw conversion then run
+on it as before. Nova's Flat and Raw backends copy that ``_base`` file (coreutils
+reflinks it on the same file system); its Qcow2 disks are backed by it, so their
+backing chain reaches the shared file without a copy.
 
 Both do nothing unless ``[image_handlers] nova_integration`` is on. A fallback to
 Nova's own path is logged at WARNING with every reason, never silently.
@@ -32,6 +36,7 @@ from nova.virt.libvirt import utils as libvirt_utils
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
 from image_handlers.chain import HandlerChain
+from image_handlers.jobs import runner as jobs_runner
 from image_handlers.nova.image_source import NovaImageSource
 from image_handlers.results import FetchResult
 from image_handlers.targets import FILE, RBD, FileTarget, RbdTarget
@@ -58,11 +63,16 @@ def enabled() -> bool:
 
 
 def chain() -> HandlerChain:
-    """One chain per process: handlers load once, RADOS connections are kept."""
+    """One chain per process: handlers load once, RADOS connections are kept.
+    Jobs whose worker died with an earlier nova-compute are resumed here."""
     global _chain
     with _chain_lock:
         if _chain is None:
             _chain = HandlerChain(CONF, virt_driver='libvirt')
+            try:
+                jobs_runner.resume_orphans(CONF)
+            except Exception as exc:  # noqa: BLE001 - never block a boot on this
+                LOG.error('image_handlers: could not resume unfinished jobs: %s', exc)
         return _chain
 
 
@@ -132,8 +142,11 @@ def download(context, image_href: str, path: str, trusted_certs=None) -> bool:
                     'verify_glance_signatures), and only Nova\'s download checks '
                     'signatures', image_id)
         return False
-    return _provide(context, image_id, FileTarget(kind=FILE, path=path), 'spawn',
-                    None, require_hash=True) is not None
+    # fetch_to_raw renames PATH (``<_base file>.part``) once its checks pass.
+    final = path[:-len('.part')] if path.endswith('.part') else None
+    return _provide(context, image_id, FileTarget(kind=FILE, path=path,
+                                                  final_path=final),
+                    'spawn', None, require_hash=True) is not None
 
 
 def _provide(context, image_id: str, target, purpose: str, size: int | None,

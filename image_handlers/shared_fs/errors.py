@@ -12,8 +12,9 @@ import errno as _errno
 from image_handlers import exceptions
 
 
-class Refused(exceptions.ImageHandlerError):
-    """This location cannot be served by shared_fs; ``reason`` says why."""
+class Refused(exceptions.Refused):
+    """This location cannot be served by shared_fs; ``reason`` says why (the
+    chain's one refusal, ``exceptions.Refused``, with the reason kept apart)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

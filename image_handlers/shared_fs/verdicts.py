@@ -60,6 +60,9 @@ class Verdict:
     mtime_ns: int
     ctime_ns: int
     verified_at: float      # time.time() of the hash
+    # The last ctime move was our own link(2)/chmod(2) of a verified file (carried
+    # over by ``carry_over``): the racy rule then looks at mtime only.
+    ctime_ours: bool = False
 
     def identity(self) -> Identity:
         return (self.st_dev, self.st_ino, self.size, self.mtime_ns, self.ctime_ns)
@@ -85,8 +88,11 @@ class Verdict:
         verified_at = entry.get('verified_at', 0)
         if not isinstance(verified_at, (int, float)) or isinstance(verified_at, bool):
             raise ValueError(f'verified_at is {verified_at!r}')
+        ctime_ours = entry.get('ctime_ours', False)
+        if not isinstance(ctime_ours, bool):
+            raise ValueError(f'ctime_ours is {ctime_ours!r}')
         return cls(image_id=image_id, checksum=checksum, verified_at=float(verified_at),
-                   **ints)
+                   ctime_ours=ctime_ours, **ints)
 
     def to_json(self) -> dict:
         entry = dataclasses.asdict(self)
@@ -121,7 +127,8 @@ class VerdictStore:
             if verdict.checksum != expected:
                 continue
             if verdict.identity() == tuple(identity):
-                changed = max(verdict.mtime_ns, verdict.ctime_ns) / 1e9
+                changed = (verdict.mtime_ns if verdict.ctime_ours else
+                           max(verdict.mtime_ns, verdict.ctime_ns)) / 1e9
                 if verdict.verified_at - changed >= self.racy_seconds:
                     return verdict
                 LOG.info('image %s: the file had changed %.3fs before it was '
@@ -135,20 +142,37 @@ class VerdictStore:
         return None
 
     def record(self, image_id: str, checksum: Checksum | str,
-               identity: Identity) -> Verdict:
-        """Record that the file with ``identity`` hashed to ``checksum``."""
+               identity: Identity, ctime_ours: bool = False) -> Verdict:
+        """Record that the file with ``identity`` hashed to ``checksum``;
+        ``ctime_ours``: its last ctime move was our own link/chmod (see Verdict)."""
         checksum = str(checksum if isinstance(checksum, Checksum)
                        else Checksum.parse(checksum))
         dev, ino, size, mtime_ns, ctime_ns = (int(v) for v in identity)
         verdict = Verdict(image_id=_check_image_id(image_id), checksum=checksum,
                           st_dev=dev, st_ino=ino, size=size, mtime_ns=mtime_ns,
-                          ctime_ns=ctime_ns, verified_at=time.time())
+                          ctime_ns=ctime_ns, verified_at=time.time(),
+                          ctime_ours=ctime_ours)
         kept = [v for v in self._load(image_id)
                 if (v.st_dev, v.st_ino) != (dev, ino)]
         entries = [verdict, *kept][:MAX_VERDICTS]
         self._write(image_id, {'version': FORMAT_VERSION, 'image_id': image_id,
                                'verdicts': [v.to_json() for v in entries]})
         return verdict
+
+    def carry_over(self, image_id: str, verdict: Verdict, now: Identity) -> Verdict | None:
+        """After our own link(2) or chmod(2) of a file with a valid ``verdict``:
+        record it for the file's new identity when only ctime moved. Safe because a
+        content write after it would move mtime too, and mtime is old (the verdict
+        was valid, so not racy). None when anything else changed."""
+        if tuple(now)[:4] != verdict.identity()[:4]:
+            return None
+        carried = dataclasses.replace(verdict, ctime_ns=int(now[4]), ctime_ours=True)
+        kept = [v for v in self._load(image_id)
+                if (v.st_dev, v.st_ino) != (verdict.st_dev, verdict.st_ino)]
+        entries = [carried, *kept][:MAX_VERDICTS]
+        self._write(image_id, {'version': FORMAT_VERSION, 'image_id': image_id,
+                               'verdicts': [v.to_json() for v in entries]})
+        return carried
 
     def forget(self, image_id: str) -> None:
         try:
@@ -261,9 +285,11 @@ def verify_file(fd: int, size: int, checksum: Checksum | str,
 
 def verified(store: VerdictStore, fd: int, image_id: str, size: int,
              checksum: Checksum | str, cancel: CancelToken | None = None,
-             description: str | None = None) -> tuple[Verdict, bool]:
+             description: str | None = None,
+             ctime_ours: bool = False) -> tuple[Verdict, bool]:
     """(verdict, reused): the recorded verdict for the file as it is now, or a
-    fresh hash recorded. Refused as verify_file."""
+    fresh hash recorded (``ctime_ours``: the caller just linked or chmod'ed it).
+    Refused as verify_file."""
     try:
         expected = checksum if isinstance(checksum, Checksum) else Checksum.parse(checksum)
     except exceptions.BadInput as exc:
@@ -272,4 +298,4 @@ def verified(store: VerdictStore, fd: int, image_id: str, size: int,
     if found is not None:
         return found, True
     identity = verify_file(fd, size, expected, cancel, description)
-    return store.record(image_id, expected, identity), False
+    return store.record(image_id, expected, identity, ctime_ours), False
