@@ -11,8 +11,9 @@ import pytest
 
 # The lab fixtures (real Ceph, real Glance, nginx) are shared with the functional tests.
 from tests.functional.conftest import (  # noqa: F401
-    ceph_lab, glance, glance_lab, http_image, make_image, nginx_lab, rbd_admin,
-    set_locations)
+    FS_IDS, btrfs_lab, ceph_lab, ext4_lab, glance, glance_fs, glance_fs_lab,
+    glance_lab, gluster_lab, http_image, make_image, nginx_lab, rbd_admin,
+    set_locations, xfs_lab)
 from tools.lab import nova_env as lab_nova
 
 CONF = lab_nova.CONF
@@ -28,6 +29,30 @@ def nova_env(tmp_path, glance_lab, ceph_lab):
         instances_path=str(tmp_path / 'instances'), glance_endpoint=glance_lab.endpoint,
         ceph_conf=str(ceph_lab.conf_path), state_dir=str(tmp_path / 'state')))
     yield lambda **groups: conf.set(groups)
+    conf.clear()
+
+
+@pytest.fixture
+def nova_fs_env(tmp_path, glance_fs_lab, xfs_lab, btrfs_lab, ext4_lab, gluster_lab):
+    """Nova's CONF against the glance-fs lab (file stores on the lab's shared
+    mounts), the chain being shared_fs then stream_copy; ``nova_fs_env(
+    instances_path, images_type, **groups)``."""
+    conf = lab_nova.NovaConf()
+    mounts = {'xfs': xfs_lab, 'btrfs': btrfs_lab, 'ext4': ext4_lab,
+              'gluster': gluster_lab}
+
+    def configure(instances_path, images_type, **groups):
+        overrides = lab_nova.lab_overrides(
+            instances_path=str(instances_path), glance_endpoint=glance_fs_lab.endpoint,
+            ceph_conf='', state_dir=str(tmp_path / 'state'))
+        overrides['libvirt'] = {'images_type': images_type}
+        overrides['image_handlers'].update(
+            handlers=['shared_fs', 'stream_copy'],
+            shared_fs_mounts={FS_IDS[n]: str(m.mountpoint) for n, m in mounts.items()})
+        for group, values in groups.items():
+            overrides.setdefault(group, {}).update(values)
+        conf.set(overrides)
+    yield configure
     conf.clear()
 
 
