@@ -16,7 +16,8 @@ waste. In order of preference, each refusal with its reason:
 4. ``overlay``, for qcow2 targets of raw images: a qcow2 disk backed by a pin;
 5. otherwise step aside, saying why.
 
-Pins are released (``release_unused``) when no disk recorded as their user exists.
+Pins are released when no disk recorded as their user exists any more: each time
+shared_fs makes a disk on a pin of that volume, the unused ones go.
 
 A location is a claim: ``image_handlers.shared_fs.paths`` maps the location to a
 configured mount (checked by its identity marker), refuses anything outside it,
@@ -287,6 +288,7 @@ class SharedFsHandler(Handler):
                 _publish_symlink(pin.path, target.path)
             for user in {target.path, target.final_path or target.path}:
                 store.add_user(pin, user)
+            self._release_unused(store)
         job = None
         if method == OVERLAY and self.fill_overlays:
             from image_handlers.jobs import runner
@@ -294,8 +296,8 @@ class SharedFsHandler(Handler):
                 'disk': target.path, 'backing_format': RAW, 'expect_backing': pin.path},
                 f'fill {target.path} from {pin.path} (image {request.image.id})').id
         until = (f'job {job} (overlay_fill)' if job else
-                 'the disk is deleted (then "image-handlers cleanup" or Nova\'s '
-                 'image cache pass releases the pin)')
+                 'the disk is deleted (the pin is then released by the next disk '
+                 'shared_fs makes on this volume)')
         return Provided(
             method=method, bytes_copied=0,
             disk_format=QCOW2 if method == OVERLAY else _format(request),
@@ -306,6 +308,17 @@ class SharedFsHandler(Handler):
                     f'{source.st_ino}) owned by image_handlers, released when no '
                     f'disk uses it', until=until),
             details={'source': source.path, 'pin': pin.path})
+
+    @staticmethod
+    def _release_unused(store: PinStore) -> None:
+        """Pins of this volume whose disks are all gone go now (under the lock the
+        caller holds, so no disk is being made on one of them)."""
+        try:
+            for pin in store.release_unused():
+                LOG.info('image %s: pin %s released, no disk uses it', pin.image_id,
+                         pin.path)
+        except exceptions.ImageHandlerError as exc:
+            LOG.warning('could not release unused pins in %s: %s', store.pin_dir, exc)
 
     @staticmethod
     def _make_overlay(pin: Pin, target: FileTarget, size: int | None) -> None:

@@ -331,3 +331,29 @@ def test_a_file_changed_after_its_verdict_is_verified_again_and_refused(
     failed = [a for a in res.json['attempts'] if a['outcome'] == 'failed']
     assert failed and 'not the image' in failed[0]['reason'], res.json['attempts']
     assert os.listdir(target_dir) == []
+
+
+def test_a_pin_is_released_once_its_disks_are_gone_never_before(
+        cli, fs_conf, fs_image, gluster_lab, tmp_path):
+    """Making a disk on a volume releases that volume's pins no disk uses."""
+    conf = fs_conf()
+    first = fs_image(image_bytes(1 * MiB, seed=85), 'gluster')
+    second = fs_image(image_bytes(1 * MiB, seed=86), 'gluster')
+    disk_a = str(tmp_path / 'a.qcow2')
+    res = cli('fetch', first, disk_a, '--disk-format', 'qcow2', '--config-file', conf,
+              '--json')
+    assert res.rc == 0, res
+    pin_a = res.json['depends_on']['source']
+
+    keep = cli('fetch', second, str(tmp_path / 'b.qcow2'), '--disk-format', 'qcow2',
+               '--config-file', conf, '--json')
+    assert keep.rc == 0, keep
+    assert os.path.exists(pin_a)                 # disk a still uses it
+
+    os.unlink(disk_a)
+    again = cli('fetch', second, str(tmp_path / 'c.qcow2'), '--disk-format', 'qcow2',
+                '--config-file', conf, '--json')
+    assert again.rc == 0, again
+    assert not os.path.exists(pin_a)             # released: no disk left on it
+    assert os.path.exists(again.json['depends_on']['source'])
+    assert os.path.exists(_glance_file(gluster_lab, first))   # Glance's file stays
