@@ -29,6 +29,7 @@ once per identity (device, inode, size, times) and the verdict kept in
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -41,7 +42,8 @@ from image_handlers.qemu import img
 from image_handlers.results import QCOW2, RAW, SHARED_FILE, Dependency, Provided
 from image_handlers.shared_fs import mounts, paths, reflink, verdicts
 from image_handlers.shared_fs.errors import Refused as GateRefused
-from image_handlers.shared_fs.pins import Pin, PinStore
+from image_handlers.copy import check_target_path
+from image_handlers.shared_fs.pins import Pin, PinStore, make_read_only
 from image_handlers.targets import FILE, FileTarget
 
 LOG = logging.getLogger(__name__)
@@ -250,11 +252,7 @@ class SharedFsHandler(Handler):
 
     def _hardlink(self, request: Request, source: paths.SourceFile,
                   target: FileTarget) -> Dependency:
-        from image_handlers.shared_fs.pins import make_read_only
-        if os.path.lexists(target.path):
-            raise exceptions.TargetExists(
-                f'target {target.path} already exists; image_handlers never '
-                f'overwrites a file: remove it yourself or choose another path')
+        check_target_path(target.path)
         make_read_only(source.fd, source.path)
         # Link the inode that was checked (through its descriptor), not the path;
         # a dir fd makes Python use linkat(AT_SYMLINK_FOLLOW), not link(2) of /proc.
@@ -274,10 +272,7 @@ class SharedFsHandler(Handler):
     def _on_pin(self, request: Request, source: paths.SourceFile,
                 target: FileTarget, method: str) -> Provided:
         """A disk that reads a pin of ours: a qcow2 overlay, or a symbolic link."""
-        if os.path.lexists(target.path):
-            raise exceptions.TargetExists(
-                f'target {target.path} already exists; image_handlers never '
-                f'overwrites a file: remove it yourself or choose another path')
+        check_target_path(target.path)
         store = PinStore(self._pin_dir(source), self.state_dir, host=self.host)
         with store.locked():
             pin = store.pin(source, request.image.id)    # links first: see verdicts
@@ -322,29 +317,23 @@ class SharedFsHandler(Handler):
 
     @staticmethod
     def _make_overlay(pin: Pin, target: FileTarget, size: int | None) -> None:
-        """qemu-img create under a temporary name, published by link (never
-        overwrites); nothing is left behind on failure."""
-        directory, name = os.path.split(target.path)
-        tmp = os.path.join(directory, f'.{name}.overlay-{os.getpid()}')
-        try:
-            img.create_overlay(tmp, pin.path, RAW,
-                               size=size if size and size > pin.size else None)
-            os.link(tmp, target.path)
-        except FileExistsError:
-            raise exceptions.TargetExists(
-                f'target {target.path} appeared meanwhile; left untouched') from None
-        finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
+        grow = size if size and size > pin.size else None
+        _publish(target.path, 'overlay',
+                 lambda tmp: img.create_overlay(tmp, pin.path, RAW, size=grow))
 
 
 def _publish_symlink(pointee: str, path: str) -> None:
-    """A symbolic link at ``path``, made under a temporary name and published by
-    link(2) of the symlink itself: never overwrites, nothing left on failure."""
+    _publish(path, 'symlink', lambda tmp: os.symlink(pointee, tmp))
+
+
+def _publish(path: str, kind: str, make: Callable[[str], None]) -> None:
+    """Make the file under a temporary name beside ``path``, then give it its name
+    by link(2) of that very file (a symlink is linked, not followed): never
+    overwrites, and nothing is left behind on failure."""
     directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f'.{name}.symlink-{os.getpid()}')
+    tmp = os.path.join(directory, f'.{name}.{kind}-{os.getpid()}')
     try:
-        os.symlink(pointee, tmp)
+        make(tmp)
         os.link(tmp, path, follow_symlinks=False)
     except FileExistsError:
         raise exceptions.TargetExists(

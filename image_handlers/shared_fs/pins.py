@@ -41,6 +41,7 @@ from oslo_log import log as logging
 from image_handlers.copy import fsutil
 from image_handlers.shared_fs import mounts
 from image_handlers.shared_fs.errors import PinError
+from image_handlers.shared_fs.names import file_name_of
 from image_handlers.shared_fs.paths import SourceFile
 
 LOG = logging.getLogger(__name__)
@@ -126,13 +127,6 @@ def _lock_for(path: str) -> _ProcessLock:
         return _locks.setdefault(path, _ProcessLock(path))
 
 
-def _check_image_id(image_id: str) -> str:
-    if (not isinstance(image_id, str) or not image_id or image_id.startswith('.')
-            or '/' in image_id or '\x00' in image_id):
-        raise ValueError(f'image id {image_id!r} cannot name a pin')
-    return image_id
-
-
 class PinStore:
     """The pins of one pin dir (on a shared volume), recorded in one host's state dir."""
 
@@ -158,7 +152,7 @@ class PinStore:
     def pin(self, source: SourceFile, image_id: str) -> Pin:
         """A pin of ``source``'s inode: the existing one of this inode, or a new
         hard link. The inode is made read-only when we may (``make_read_only``)."""
-        name = f'{_check_image_id(image_id)}.{source.st_ino}'
+        name = f'{file_name_of(image_id, "a pin")}.{source.st_ino}'
         path = os.path.join(self.pin_dir, name)
         with self.locked():
             self._claim_state_dir()
@@ -260,11 +254,7 @@ class PinStore:
                 f'cannot cross file systems')
         host_file = os.path.join(self.pin_dir, HOST_FILE)
         try:
-            with open(host_file, 'x') as f:
-                f.write(self.host + '\n')
-        except FileExistsError:
-            with open(host_file) as f:
-                owner = f.read().strip()
+            owner = _claim(host_file, self.host)
             if owner != self.host:
                 raise PinError(
                     f'pin directory {self.pin_dir} belongs to host {owner!r}, not '
@@ -345,18 +335,12 @@ class PinStore:
     # -- the state dir ------------------------------------------------------------
     def _claim_state_dir(self) -> None:
         """One state dir describes one pin dir: record it, refuse another."""
-        owner = os.path.join(self.state, OWNER_FILE)
-        try:
-            with open(owner, 'x') as f:
-                f.write(self.pin_dir + '\n')
-        except FileExistsError:
-            with open(owner) as f:
-                recorded = f.read().strip()
-            if recorded != self.pin_dir:
-                raise PinError(
-                    f'the pin state directory {self.state} describes the pins of '
-                    f'{recorded}, not {self.pin_dir}: give each pin directory its '
-                    f'own state directory') from None
+        recorded = _claim(os.path.join(self.state, OWNER_FILE), self.pin_dir)
+        if recorded != self.pin_dir:
+            raise PinError(
+                f'the pin state directory {self.state} describes the pins of '
+                f'{recorded}, not {self.pin_dir}: give each pin directory its '
+                f'own state directory')
 
     def _record_path(self, name: str) -> str:
         return os.path.join(self.state, f'{name}.json')
@@ -431,6 +415,18 @@ class PinStore:
                 pass
             raise
         fsutil.fsync_dir(self.state)
+
+
+def _claim(path: str, value: str) -> str:
+    """Write ``value`` to a new file at ``path``, or read what an earlier claim
+    wrote there: the value that holds."""
+    try:
+        with open(path, 'x') as f:
+            f.write(value + '\n')
+        return value
+    except FileExistsError:
+        with open(path) as f:
+            return f.read().strip()
 
 
 def _lstat(path: str) -> os.stat_result | None:

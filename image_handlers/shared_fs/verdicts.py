@@ -38,6 +38,7 @@ from image_handlers.copy.cancel import CancelToken
 from image_handlers.copy.checksum import Checksum
 from image_handlers.copy.engine import _hash_fd
 from image_handlers.shared_fs.errors import Refused
+from image_handlers.shared_fs.names import file_name_of
 from image_handlers.shared_fs.paths import identity_of
 
 LOG = logging.getLogger(__name__)
@@ -100,13 +101,6 @@ class Verdict:
         return entry
 
 
-def _check_image_id(image_id: str) -> str:
-    if (not isinstance(image_id, str) or not image_id or image_id.startswith('.')
-            or '/' in image_id or '\x00' in image_id):
-        raise ValueError(f'image id {image_id!r} cannot name a state file')
-    return image_id
-
-
 class VerdictStore:
     """Verdicts of one host, in ``<state_dir>/verdicts``."""
 
@@ -116,7 +110,8 @@ class VerdictStore:
         self.racy_seconds = racy_seconds
 
     def path(self, image_id: str) -> str:
-        return os.path.join(self.directory, f'{_check_image_id(image_id)}.json')
+        name = file_name_of(image_id, 'a state file')
+        return os.path.join(self.directory, f'{name}.json')
 
     def lookup(self, image_id: str, expected: Checksum | str,
                identity: Identity) -> Verdict | None:
@@ -148,7 +143,8 @@ class VerdictStore:
         checksum = str(checksum if isinstance(checksum, Checksum)
                        else Checksum.parse(checksum))
         dev, ino, size, mtime_ns, ctime_ns = (int(v) for v in identity)
-        verdict = Verdict(image_id=_check_image_id(image_id), checksum=checksum,
+        verdict = Verdict(image_id=file_name_of(image_id, 'a state file'),
+                          checksum=checksum,
                           st_dev=dev, st_ino=ino, size=size, mtime_ns=mtime_ns,
                           ctime_ns=ctime_ns, verified_at=time.time(),
                           ctime_ours=ctime_ours)
