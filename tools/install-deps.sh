@@ -23,6 +23,14 @@ APT_PACKAGES=(
   # Shared file systems (shared_fs): XFS and btrfs loop mounts for reflink, and a
   # single-brick GlusterFS volume mounted through FUSE (no kernel NFS client here).
   xfsprogs btrfs-progs glusterfs-server glusterfs-client fuse3
+  # iSCSI with copy-on-read (iscsi_cor): a userspace target, qemu's userspace
+  # initiator (qemu-block-extra: libiscsi), libvirtd running TCG guests, and the
+  # pieces of the lab's small guest (busybox; the kernel is unpacked, not installed).
+  tgt libiscsi-bin qemu-block-extra qemu-system-x86 libvirt-daemon
+  libvirt-daemon-driver-qemu libvirt-clients libvirt-dev busybox-static
+  # libnbd's Python bindings (not on PyPI): reading a LUN through qemu-nbd at hash
+  # speed, to verify it.
+  python3-libnbd libnbd-bin
 )
 
 stamp_ok() {  # stamp_ok NAME CONTENT -> true when the stamp holds CONTENT
@@ -102,13 +110,15 @@ if ! stamp_ok nova-patched "$nova_digest" \
   stamp_set nova-patched "$nova_digest"
 fi
 
-# Debian's rados/rbd bindings are built for /usr/bin/python3.11; every virtualenv uses
-# that interpreter, so linking the extension modules in makes them importable.
+# Debian's rados/rbd/nbd bindings are built for /usr/bin/python3.11; every virtualenv
+# uses that interpreter, so linking the modules in makes them importable.
 link_ceph_bindings() {  # link_ceph_bindings VENV
   local site
   site=$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   for so in /usr/lib/python3/dist-packages/rados.cpython-311-*.so \
-            /usr/lib/python3/dist-packages/rbd.cpython-311-*.so; do
+            /usr/lib/python3/dist-packages/rbd.cpython-311-*.so \
+            /usr/lib/python3/dist-packages/nbd.py \
+            /usr/lib/python3/dist-packages/libnbdmod.cpython-311-*.so; do
     [ -e "$so" ] && ln -sf "$so" "$site/$(basename "$so")"
   done
   return 0
