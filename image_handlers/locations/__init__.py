@@ -17,6 +17,7 @@ from oslo_log import log as logging
 
 from image_handlers import exceptions
 from image_handlers.locations.base import Location, redact_url
+from image_handlers.locations.cinder import CinderLocation
 from image_handlers.locations.file import FileLocation
 from image_handlers.locations.http import GlanceApiLocation, HttpLocation
 from image_handlers.locations.iscsi import IscsiLocation
@@ -26,7 +27,7 @@ from image_handlers.locations.unusable import MalformedLocation, UnknownLocation
 LOG = logging.getLogger(__name__)
 NAMESPACE = 'image_handlers.locations'
 
-__all__ = ['Location', 'RbdLocation', 'FileLocation', 'HttpLocation',
+__all__ = ['CinderLocation', 'Location', 'RbdLocation', 'FileLocation', 'HttpLocation',
            'GlanceApiLocation', 'IscsiLocation', 'UnknownLocation',
            'MalformedLocation', 'parse_location', 'redact_url', 'schemes']
 

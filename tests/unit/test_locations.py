@@ -64,7 +64,7 @@ def test_iscsi_location():
 
 
 @pytest.mark.parametrize('url,scheme', [('ftp://h/x', 'ftp'), ('swift+https://a/b', 'swift+https'),
-                                        ('cinder://vol', 'cinder'), ('noscheme', '<none>')])
+                                        ('gopher://vol', 'gopher'), ('noscheme', '<none>')])
 def test_unknown_schemes_are_kept_and_reported(url, scheme):
     loc = parse_location(url)
     assert isinstance(loc, UnknownLocation)
@@ -87,3 +87,27 @@ def test_weights_from_metadata():
 
 def test_redact_url():
     assert redact_url('http://a:b@h/p?q=1') == 'http://***@h/p?***'
+
+
+def test_iscsi_location_never_carries_a_secret():
+    bad = parse_location('iscsi://user:secret@10.0.0.1/iqn.2010-10.org.x:y/1')
+    assert not bad.usable and 'credentials in a location URL are refused' in bad.problem
+    assert 'secret' not in bad.display
+    ok = parse_location('iscsi://10.0.0.1:3261/iqn.2010-10.org.x:y/1',
+                        {'chap_user': 'img', 'chap_secret': 'images-lun'})
+    assert (ok.portal, ok.chap_user, ok.chap_secret_ref) == (
+        '10.0.0.1:3261', 'img', 'images-lun')
+    half = parse_location('iscsi://h/iqn.2010-10.org.x:y/1', {'chap_user': 'img'})
+    assert 'both chap_user and chap_secret' in half.problem
+    ref = parse_location('iscsi://h/iqn.2010-10.org.x:y/1',
+                         {'chap_user': 'img', 'chap_secret': '../../etc/shadow'})
+    assert 'is not a secret reference' in ref.problem
+    assert 'from 0 to 16383' in parse_location('iscsi://h/iqn.2010-10.org.x:y/99999').problem
+
+
+def test_cinder_locations_are_recognised_and_explained_not_served():
+    loc = parse_location('cinder://0b7c7a7e-3e6f-4b2e-9d9e-4a5b6c7d8e9f')
+    assert not loc.usable and 'not served' in loc.problem and 'os-brick' in loc.problem
+    multi = parse_location('cinder://fast/0b7c7a7e-3e6f-4b2e-9d9e-4a5b6c7d8e9f')
+    assert multi.volume_id == '0b7c7a7e-3e6f-4b2e-9d9e-4a5b6c7d8e9f'
+    assert 'expected cinder://' in parse_location('cinder://nope').problem
