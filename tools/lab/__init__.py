@@ -16,6 +16,7 @@ from functools import partial
 from .ceph import CephService
 from .glance import GlanceService
 from .gluster import GlusterService
+from .libvirt import LibvirtService
 from .loopfs import LoopFsService, read_fs_marker, write_fs_marker
 from .nginx import NginxService
 from .service import LAB_DIR, REPO_ROOT, RUN_DIR, LabService, ServiceError
@@ -32,6 +33,7 @@ SERVICES: dict[str, Callable[[], LabService]] = {
     "gluster": GlusterService,
     "glance": GlanceService,
     "nginx": NginxService,
+    "libvirt": LibvirtService,
 }
 
 __all__ = ["CephService", "GlanceService", "GlusterService", "LoopFsService", "NginxService",
