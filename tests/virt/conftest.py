@@ -116,3 +116,83 @@ def boot(virt_lab, virt_conn):
 @pytest.fixture
 def vm_name(request):
     return f'ih-{request.node.name[:40]}-{uuid.uuid4().hex[:6]}'.replace('[', '-').replace(']', '')
+
+
+class LocalTgt:
+    """A bare tgtd for the iSCSI-backed boot (a stand-in until tools/lab/tgt.py is
+    committed): its own portal port and control port (the management socket is
+    /run/tgtd/socket.N), read-only LUN 1 per target, optional CHAP. stop() deletes
+    the system (tgtd exits), kills it if it does not, removes its socket files."""
+
+    IPC_DIR = Path('/run/tgtd')
+
+    def __init__(self, workdir: Path) -> None:
+        from tools.lab.service import free_port
+        self.workdir = workdir
+        self.port = free_port()
+        self.control = next(n for n in range(23000, 24000)
+                            if not (self.IPC_DIR / f'socket.{n}').exists()
+                            and not (self.IPC_DIR / f'socket.{n}.lock').exists())
+        self.proc: subprocess.Popen | None = None
+        self.tids = 0
+
+    def start(self) -> 'LocalTgt':
+        import time
+
+        from tools.lab.service import port_open
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / 'tgtd.log', 'ab')
+        self.proc = subprocess.Popen(
+            ['/usr/sbin/tgtd', '-f', '-C', str(self.control),
+             '--iscsi', f'portal=127.0.0.1:{self.port}'],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not port_open('127.0.0.1', self.port):
+            assert self.proc.poll() is None, (self.workdir / 'tgtd.log').read_text()
+            assert time.monotonic() < deadline, 'tgtd did not listen'
+            time.sleep(0.05)
+        return self
+
+    def adm(self, *args: str) -> str:
+        return subprocess.run(['/usr/sbin/tgtadm', '-C', str(self.control), '--lld', 'iscsi',
+                               *args], check=True, capture_output=True, text=True).stdout
+
+    def export(self, name: str, path: Path, chap: tuple[str, str] | None = None) -> str:
+        """Export path read-only as LUN 1 of a new target; its iscsi:// URL."""
+        self.tids += 1
+        tid, iqn = str(self.tids), f'iqn.2026-12.lab.virt-tests:{name}'
+        self.adm('--op', 'new', '--mode', 'target', '--tid', tid, '-T', iqn)
+        self.adm('--op', 'new', '--mode', 'logicalunit', '--tid', tid, '--lun', '1',
+                 '-b', str(path))
+        self.adm('--op', 'update', '--mode', 'logicalunit', '--tid', tid, '--lun', '1',
+                 '--params', 'readonly=1')
+        self.adm('--op', 'bind', '--mode', 'target', '--tid', tid, '-I', '127.0.0.1')
+        if chap:
+            self.adm('--op', 'new', '--mode', 'account', '--user', chap[0],
+                     '--password', chap[1])
+            self.adm('--op', 'bind', '--mode', 'account', '--tid', tid, '--user', chap[0])
+        return f'iscsi://127.0.0.1:{self.port}/{iqn}/1'
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:  # tgtd exits on "delete system" only once no target is left
+                for tid in range(1, self.tids + 1):
+                    self.adm('--op', 'delete', '--mode', 'target', '--tid', str(tid),
+                             '--force')
+                self.adm('--op', 'delete', '--mode', 'system')
+            except subprocess.CalledProcessError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for suffix in ('', '.lock'):
+            (self.IPC_DIR / f'socket.{self.control}{suffix}').unlink(missing_ok=True)
+
+
+@pytest.fixture(scope='session')
+def iscsi_target(tmp_path_factory):
+    tgt = LocalTgt(tmp_path_factory.mktemp('tgt')).start()
+    yield tgt
+    tgt.stop()

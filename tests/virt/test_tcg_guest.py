@@ -150,3 +150,53 @@ def test_guest_reports_a_read_past_the_disk(tmp_path, guest, boot, vm_name):
     wait_gone(dom)
     with pytest.raises(Exception, match='more than the disk'):
         read_digests(log)
+
+
+def test_boot_from_overlay_over_iscsi_lun_with_chap_and_copy_on_read(
+        tmp_path, guest, boot, vm_name, virt_lab, virt_conn, iscsi_target):
+    """qcow2 overlay backed by a read-only iSCSI LUN (CHAP): libvirt hands qemu the
+    password as a secret object (never on its command line), the guest reads the
+    LUN's bytes, and copy_on_read leaves them in the overlay."""
+    data = disk_bytes(8 * MiB, seed=15)
+    lun = tmp_path / 'lun.raw'
+    lun.write_bytes(data)
+    user, password = 'labuser', 'lab-secret-' + vm_name[-6:]
+    url = iscsi_target.export(vm_name[-6:], lun, chap=(user, password))
+    overlay = tmp_path / 'overlay.qcow2'
+    # -u: the backing LUN is not opened (qemu-img would need the CHAP password).
+    qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', url, '-u', str(overlay),
+             str(len(data)))
+    usage = f'lab-{vm_name}'
+    virt_lab.define_secret(usage, password, conn=virt_conn)
+    nbytes = 6 * MiB
+    log = tmp_path / 'serial.log'
+    dom = boot(guest.domain_xml(vm_name, overlay, 'qcow2', backing=url, chap_user=user,
+                                chap_secret_usage=usage, copy_on_read=True,
+                                serial_log=log, nbytes=nbytes))
+    argv = open(f'/proc/{virt_lab.qemu_pid(vm_name)}/cmdline').read()
+    assert '"driver":"iscsi"' in argv and '"password-secret"' in argv
+    assert password not in argv
+    [digest] = wait_digests(log, 1, dom=dom)
+    assert digest.sha256 == sha256(data[:nbytes])
+    wait_gone(dom)
+    alone = tmp_path / 'alone.qcow2'
+    subprocess.run(['cp', str(overlay), str(alone)], check=True)
+    qemu_img('rebase', '-u', '-b', '', str(alone))
+    qemu_img('convert', '-f', 'qcow2', '-O', 'raw', str(alone), str(tmp_path / 'alone.raw'))
+    assert (tmp_path / 'alone.raw').read_bytes()[:nbytes] == data[:nbytes]
+
+
+def test_iscsi_backing_with_a_wrong_chap_password_does_not_start(
+        tmp_path, guest, boot, vm_name, virt_lab, virt_conn, iscsi_target):
+    lun = tmp_path / 'lun.raw'
+    lun.write_bytes(disk_bytes(1 * MiB, seed=16))
+    url = iscsi_target.export(vm_name[-6:], lun, chap=('labuser2', 'the-right-one'))
+    overlay = tmp_path / 'overlay.qcow2'
+    qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', url, '-u', str(overlay),
+             str(1 * MiB))
+    usage = f'lab-{vm_name}'
+    virt_lab.define_secret(usage, 'a-wrong-one', conn=virt_conn)
+    with pytest.raises(libvirt.libvirtError, match='(?i)iscsi|login|auth'):
+        boot(guest.domain_xml(vm_name, overlay, 'qcow2', backing=url, chap_user='labuser2',
+                              chap_secret_usage=usage, serial_log=tmp_path / 'serial.log',
+                              nbytes=MiB))
