@@ -171,7 +171,8 @@ def _jobs(conf, args) -> int:
     if args.action == 'list':
         jobs = runner.store(conf).all()
     elif args.action == 'resume':
-        jobs = runner.resume_orphans(conf)
+        jobs = ([runner.retry(conf, args.job_id)] if args.job_id
+                else runner.resume_orphans(conf))
     elif args.action == 'show':
         jobs = [runner.store(conf).get(args.job_id)]
     elif args.action == 'cancel':

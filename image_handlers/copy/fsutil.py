@@ -106,3 +106,20 @@ def publish(paths: CopyPaths) -> None:
         raise
     os.unlink(paths.partial)
     fsync_dir(paths.directory)
+
+
+def publish_new(path: str, kind: str, make) -> None:
+    """Make a file with ``make(tmp)`` under a temporary name beside ``path``, then
+    give it its name by link(2) of that very file (a symlink is linked, not
+    followed): never overwrites, and nothing is left behind on failure."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f'.{name}.{kind}-{os.getpid()}')
+    try:
+        make(tmp)
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise exceptions.TargetExists(
+            f'target {path} appeared meanwhile; left untouched') from None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)

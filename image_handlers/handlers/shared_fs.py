@@ -29,7 +29,6 @@ once per identity (device, inode, size, times) and the verdict kept in
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -42,7 +41,7 @@ from image_handlers.qemu import img
 from image_handlers.results import QCOW2, RAW, SHARED_FILE, Dependency, Provided
 from image_handlers.shared_fs import mounts, paths, reflink, verdicts
 from image_handlers.shared_fs.errors import Refused as GateRefused
-from image_handlers.copy import check_target_path
+from image_handlers.copy import check_target_path, publish_new
 from image_handlers.shared_fs.pins import Pin, PinStore, make_read_only
 from image_handlers.targets import FILE, FileTarget
 
@@ -318,29 +317,12 @@ class SharedFsHandler(Handler):
     @staticmethod
     def _make_overlay(pin: Pin, target: FileTarget, size: int | None) -> None:
         grow = size if size and size > pin.size else None
-        _publish(target.path, 'overlay',
+        publish_new(target.path, 'overlay',
                  lambda tmp: img.create_overlay(tmp, pin.path, RAW, size=grow))
 
 
 def _publish_symlink(pointee: str, path: str) -> None:
-    _publish(path, 'symlink', lambda tmp: os.symlink(pointee, tmp))
-
-
-def _publish(path: str, kind: str, make: Callable[[str], None]) -> None:
-    """Make the file under a temporary name beside ``path``, then give it its name
-    by link(2) of that very file (a symlink is linked, not followed): never
-    overwrites, and nothing is left behind on failure."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f'.{name}.{kind}-{os.getpid()}')
-    try:
-        make(tmp)
-        os.link(tmp, path, follow_symlinks=False)
-    except FileExistsError:
-        raise exceptions.TargetExists(
-            f'target {path} appeared meanwhile; left untouched') from None
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+    publish_new(path, 'symlink', lambda tmp: os.symlink(pointee, tmp))
 
 
 def _format(request: Request) -> str:

@@ -13,7 +13,6 @@ copy is the final word on the bytes.
 """
 from __future__ import annotations
 
-import os
 
 from oslo_config import cfg
 
@@ -85,6 +84,11 @@ class StreamCopyHandler(Handler):
             raise Refused(
                 f'image status is {image.status!r}: Glance holds no data for it '
                 f'(upload or import the image first)')
+        image_format = (image.disk_format or 'raw').lower()
+        if request.target.disk_format == 'qcow2' and image_format != 'qcow2':
+            raise Refused(
+                f'the target is to be a qcow2 disk, and a copy gives the image\'s own '
+                f'{image_format} bytes')
         expected = image.expected_hash
         if expected is None and not self.allow_unverified:
             raise Refused(

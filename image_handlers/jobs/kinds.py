@@ -22,8 +22,9 @@ class JobContext:
     """What a running kind may use: the config, progress, and cancellation."""
 
     def __init__(self, conf: cfg.ConfigOpts, report: Callable[[int, int | None], None],
-                 cancelled: Callable[[], bool]) -> None:
+                 cancelled: Callable[[], bool], job_id: str = '') -> None:
         self.conf = conf
+        self.job_id = job_id
         self.report = report            # report(done_bytes, total_bytes)
         self.cancelled = cancelled      # poll it; raise CopyCancelled when True
 

@@ -80,7 +80,7 @@ def run(conf: cfg.ConfigOpts, job_id: str) -> Job:
 
         try:
             job.result = kinds.kind(job.kind).run(job, kinds.JobContext(
-                conf, report, cancelled)) or {}
+                conf, report, cancelled, job.id)) or {}
         except exceptions.CopyCancelled:
             return _finish(jobs, job, CANCELLED, None)
         except Exception as exc:  # noqa: BLE001 - recorded in the job, never lost
@@ -111,6 +111,20 @@ def resume_orphans(conf: cfg.ConfigOpts) -> list[Job]:
             spawn(conf, job)
             resumed.append(job)
     return resumed
+
+
+def retry(conf: cfg.ConfigOpts, job_id: str) -> Job:
+    """Start a failed or cancelled job again (an operator's call, e.g. once its
+    target is back); a running one is left alone."""
+    jobs = store(conf)
+    job = jobs.get(job_id)
+    if job.state == DONE or (not job.finished and jobs.is_running(job_id)):
+        return job
+    job.state, job.error, job.cancel_requested = QUEUED, None, False
+    jobs.save(job)
+    spawn(conf, job)
+    LOG.info('job %s (%s) started again: %s', job.id, job.kind, job.description)
+    return job
 
 
 def cancel(conf: cfg.ConfigOpts, job_id: str) -> Job:

@@ -14,6 +14,7 @@ from typing import Iterator
 from oslo_log import log as logging
 
 from image_handlers import exceptions
+from image_handlers import statefile
 from image_handlers.jobs.model import Job
 
 LOG = logging.getLogger(__name__)
@@ -35,16 +36,7 @@ class JobStore:
         return os.path.join(self.directory, job_id + suffix)
 
     def save(self, job: Job) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        path = self._path(job.id)
-        tmp = f'{path}.{os.getpid()}.tmp'
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(job.to_dict(), indent=1, sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        statefile.write_json(self._path(job.id), job.to_dict())
 
     def get(self, job_id: str) -> Job:
         path = self._path(job_id)

@@ -8,7 +8,9 @@ which is the guard against two writers on one qcow2.
 from __future__ import annotations
 
 import json
+import os
 import re
+import selectors
 import subprocess
 from typing import Any, Callable
 
@@ -40,11 +42,26 @@ def info(path: str, timeout: float = 60) -> dict[str, Any]:
                            f'inspecting {path}', timeout))
 
 
+def in_use(path: str, timeout: float = 60) -> bool:
+    """True when another process (a guest's qemu) holds qemu's write lock on the
+    disk: ``qemu-img info`` without -U then fails to get its shared lock."""
+    try:
+        proc = subprocess.run([QEMU_IMG, 'info', path], capture_output=True,
+                              timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise exceptions.ConfigError(
+            f'{QEMU_IMG} is not installed: install qemu-utils') from None
+    return proc.returncode != 0 and b'lock' in proc.stderr
+
+
 def create_overlay(path: str, backing: str, backing_format: str,
-                   size: int | None = None, timeout: float = 60) -> None:
-    """A new qcow2 file backed by ``backing`` (format stated, never probed)."""
+                   size: int | None = None, timeout: float = 60,
+                   open_backing: bool = True) -> None:
+    """A new qcow2 file backed by ``backing`` (format stated, never probed).
+    ``open_backing=False`` (with ``size``) records the backing file without opening
+    it: a remote LUN already probed need not be asked again."""
     argv = [QEMU_IMG, 'create', '-q', '-f', 'qcow2', '-F', backing_format,
-            '-b', backing, path]
+            '-b', backing, *([] if open_backing else ['-u']), path]
     if size is not None:
         argv.append(str(size))
     _run(argv, f'creating overlay {path} on {backing}', timeout)
@@ -53,19 +70,17 @@ def create_overlay(path: str, backing: str, backing_format: str,
 def make_standalone(path: str, backing_format: str,
                     progress: Callable[[float], None] | None = None,
                     cancelled: Callable[[], bool] | None = None,
-                    poll: float = 0.2) -> None:
+                    poll: float = 0.2, objects: tuple[str, ...] = ()) -> None:
     """Copy every block the overlay still reads from its backing file into it and
     drop the backing file (``qemu-img rebase -b ''``, safe mode). Rerunning it after
     an interruption resumes: blocks already copied are not read again."""
-    argv = [QEMU_IMG, 'rebase', '-p', '-f', 'qcow2', '-F', backing_format, '-b', '',
-            path]
+    argv = [QEMU_IMG, 'rebase', *objects, '-p', '-f', 'qcow2', '-F', backing_format,
+            '-b', '', path]
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise exceptions.ConfigError(
             f'{QEMU_IMG} is not installed: install qemu-utils') from None
-    import os
-    import selectors
     os.set_blocking(proc.stdout.fileno(), False)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)

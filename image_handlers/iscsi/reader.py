@@ -1,0 +1,87 @@
+"""Read a disk through qemu at hash speed: qemu-nbd on a private socket (systemd
+socket activation, so no port and no path to race for), read with libnbd.
+
+Used to verify a LUN (read-only, straight from the target) and to fill an overlay
+offline (through qemu's copy-on-read filter, so each block read is also written
+into the overlay: one pass over the network fills and verifies)."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from typing import Callable, Iterator
+
+from image_handlers import exceptions
+from image_handlers.copy.ratelimit import TokenBucket
+
+try:  # Debian's python3-libnbd, linked into the virtualenvs (not on PyPI)
+    import nbd
+except ImportError:  # pragma: no cover - reported when used
+    nbd = None
+
+CHUNK = 4 << 20     # bytes per NBD read: large, and under qemu-nbd's 32 MiB limit
+
+
+@contextlib.contextmanager
+def served(objects: list[str], image_opts: str, read_only: bool,
+           description: str) -> Iterator['nbd.NBD']:
+    """A libnbd handle on qemu-nbd serving ``image_opts``; qemu-nbd ends with it."""
+    if nbd is None:
+        raise exceptions.ConfigError('libnbd\'s Python bindings are missing: install '
+                                     'python3-libnbd (tools/install-deps.sh links it)')
+    argv = ['qemu-nbd', *(['--read-only'] if read_only else []), '--cache=none',
+            *objects, '--image-opts', image_opts]
+    h = nbd.NBD()
+    try:
+        h.connect_systemd_socket_activation(argv)
+    except nbd.Error as exc:
+        del h
+        raise exceptions.SourceError(f'{description}: qemu-nbd could not serve it: '
+                                     f'{exc}') from None
+    try:
+        yield h
+    finally:
+        with contextlib.suppress(nbd.Error):
+            h.shutdown()
+        del h               # libnbd closes the handle (and reaps qemu-nbd) on delete
+
+
+def read_through(h, start: int, end: int, sink: Callable[[bytes], None],
+                 limiter: TokenBucket | None, cancelled: Callable[[], bool],
+                 progress: Callable[[int], None], description: str,
+                 timeout: float = 60.0) -> int:
+    """Read [start, end) in order into ``sink``; returns the offset reached (less
+    than ``end`` only when ``cancelled`` said stop). A read that gets no answer for
+    ``timeout`` seconds (libiscsi retries a lost target for ever) is a SourceError:
+    qemu-nbd is killed, and what was read stays read."""
+    offset = start
+    while offset < end:
+        if cancelled():
+            return offset
+        n = min(CHUNK, end - offset)
+        if limiter is not None:
+            limiter.consume(n)
+        sink(_pread(h, n, offset, timeout, description))
+        offset += n
+        progress(offset)
+    return offset
+
+
+def _pread(h, n: int, offset: int, timeout: float, description: str) -> bytes:
+    buf = nbd.Buffer(n)
+    deadline = time.monotonic() + timeout
+    try:
+        cookie = h.aio_pread(buf, offset)
+        while not h.aio_command_completed(cookie):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                with contextlib.suppress(nbd.Error):
+                    h.kill_subprocess(signal.SIGKILL)
+                raise exceptions.SourceError(
+                    f'{description}: no answer for {timeout:.0f} s reading byte '
+                    f'{offset} (target gone?)')
+            h.poll(int(min(left, 0.5) * 1000) or 1)
+    except nbd.Error as exc:
+        raise exceptions.SourceError(f'{description}: read at byte {offset} failed: '
+                                     f'{exc}') from None
+    return bytes(buf.to_bytearray())
