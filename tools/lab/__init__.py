@@ -20,6 +20,7 @@ from .libvirt import LibvirtService
 from .loopfs import LoopFsService, read_fs_marker, write_fs_marker
 from .nginx import NginxService
 from .service import LAB_DIR, REPO_ROOT, RUN_DIR, LabService, ServiceError
+from .tgt import TgtService
 
 # Every service the CLI knows (name -> factory of its default instance), in start
 # order: Ceph before a Glance with an rbd store, file systems before a Glance with file
@@ -33,6 +34,7 @@ SERVICES: dict[str, Callable[[], LabService]] = {
     "gluster": GlusterService,
     "glance": GlanceService,
     "nginx": NginxService,
+    "tgt": TgtService,
     "libvirt": LibvirtService,
 }
 
