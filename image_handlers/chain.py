@@ -106,8 +106,8 @@ class HandlerChain:
         return self._glance
 
     def request(self, image_id: str, target: str | Target, purpose: str = 'spawn',
-                size: int | None = None, source: ImageSource | None = None
-                ) -> Request:
+                size: int | None = None, source: ImageSource | None = None,
+                zero_copy_only: bool = False) -> Request:
         """Read the image (from ``source``, default ``self.glance``) and check the
         target; ``source`` lets one chain serve requests with different
         credentials (inside Nova: each request context's own)."""
@@ -120,7 +120,8 @@ class HandlerChain:
         image = glance.get_image(image_id)
         return Request(image=image, target=tgt, virt_driver=self.virt_driver,
                        purpose=purpose, size=size, glance_endpoint=glance.endpoint,
-                       glance_auth_headers=glance.auth_headers)
+                       glance_auth_headers=glance.auth_headers,
+                       zero_copy_only=zero_copy_only)
 
     # -- the plan -----------------------------------------------------------------
 

@@ -34,6 +34,9 @@ class FileTarget(Target):
     # The name the caller gives the file once done (Nova renames its ``.part`` to
     # the ``_base`` file): handlers that record who depends on what use it.
     final_path: str | None = None
+    # The caller treats the target as a regular file of its own (Nova copies its
+    # _base with ``cp -r``, which copies a symbolic link as a link): no symlink.
+    regular_file: bool = False
 
     @property
     def display(self) -> str:

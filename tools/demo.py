@@ -96,9 +96,11 @@ def demo_shared_fs(client, glance, conf: Path, work: Path, data: bytes, xfs,
         'handlers = rbd_clone, stream_copy',
         'handlers = rbd_clone, shared_fs, stream_copy')
         + f'shared_fs_mounts = xfs-images:{xfs.mountpoint}, '
-          f'gluster-images:{gluster.mountpoint}\n')
+          f'gluster-images:{gluster.mountpoint}\n'
+        + 'shared_fs_methods = reflink, symlink, overlay\n')
     c = ['--config-file', str(sfs)]
-    banner('with shared_fs: Nova\'s _base on a local disk becomes a link to a pin')
+    banner('with shared_fs (symlinks allowed): a raw disk off the share is a link to '
+           'a pin')
     run('fetch', on_gluster['id'], str(work / 'base-g.raw'), *c)
     print(f'base-g.raw -> {os.readlink(work / "base-g.raw")}')
     banner('a qcow2 instance disk on a local disk: an overlay backed by the same pin')

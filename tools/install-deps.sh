@@ -83,8 +83,13 @@ make_venv() {  # make_venv DIR STAMPNAME REQFILE...
 # editable install only needs redoing when setup.cfg (entry points) changes.
 make_venv "$top/.venv" venv "$top/requirements.txt" "$top/test-requirements.txt"
 cfg_digest=$(cat "$top/setup.cfg" "$top/requirements.txt" | sha256sum | cut -c1-16)
-if ! stamp_ok venv-project "$cfg_digest" \
-   || ! "$top/.venv/bin/python" -c 'import image_handlers' 2>/dev/null; then
+# Checked from / and by its metadata: from the checkout, "import image_handlers"
+# would succeed even when the package (and its entry points) is not installed.
+installed() {  # installed PYTHON -> the project is installed into that environment
+  (cd / && "$1" -c 'import importlib.metadata as m; m.distribution("image_handlers")') \
+    2>/dev/null
+}
+if ! stamp_ok venv-project "$cfg_digest" || ! installed "$top/.venv/bin/python"; then
   log "installing image_handlers (editable) into .venv"
   PBR_VERSION=${PBR_VERSION:-0.1.0} quiet venv-project "$top/.venv/bin/pip" install --no-deps -e "$top"
   stamp_set venv-project "$cfg_digest"
@@ -99,8 +104,7 @@ make_venv "$state/venv-glance" venv-glance "$top/tools/lab/glance-requirements.t
 # a pristine Nova.
 make_venv "$state/venv-nova" venv-nova "$top/tools/lab/nova-requirements.txt"
 nova_digest=$(cat "$top"/nova_patches/nova-*/*.patch "$top/setup.cfg" | sha256sum | cut -c1-16)
-if ! stamp_ok nova-patched "$nova_digest" \
-   || ! "$state/venv-nova/bin/python" -c 'import image_handlers.nova' 2>/dev/null; then
+if ! stamp_ok nova-patched "$nova_digest" || ! installed "$state/venv-nova/bin/python"; then
   log "applying nova_patches to .lab/venv-nova"
   quiet venv-nova "$state/venv-nova/bin/pip" install --force-reinstall --no-deps \
     "$(grep -E '^nova==' "$top/tools/lab/nova-requirements.txt")"

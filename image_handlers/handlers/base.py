@@ -39,6 +39,9 @@ class Request:
     # Glance's API root and a callable giving fresh auth headers for its data API.
     glance_endpoint: str = ''
     glance_auth_headers: Callable[[], dict[str, str]] | None = None
+    # Only handlers that copy no bytes may serve it (e.g. a disk Nova's own format
+    # checks will never see: a copy of an untrusted qcow2 must not become one).
+    zero_copy_only: bool = False
 
 
 @dataclasses.dataclass
@@ -80,6 +83,9 @@ class Handler(abc.ABC):
 
     def serves(self, request: Request) -> None:
         """Raise Refused unless this handler serves the request's driver and target."""
+        if request.zero_copy_only and not self.zero_copy:
+            raise Refused(f'{self.name} copies the image, and only a zero-copy '
+                          f'handler may make this disk')
         if (ANY_VIRT_DRIVER not in self.virt_drivers
                 and request.virt_driver not in self.virt_drivers):
             raise Refused(

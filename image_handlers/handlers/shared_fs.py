@@ -9,11 +9,13 @@ waste. In order of preference, each refusal with its reason:
 2. ``hardlink`` (only when ``shared_fs_methods`` lists it): same file system; the
    inode is made read-only and the link keeps Glance's data alive when the image is
    deleted in Glance;
-3. ``symlink``, for raw targets off the share (Nova's ``_base`` on a local disk): a
-   symbolic link to a *pin* of ours (a hard link in a handler-owned directory on the
-   shared volume), never to Glance's path; Nova's Qcow2 disks backed by that
-   ``_base`` then read the shared file without a copy;
-4. ``overlay``, for qcow2 targets of raw images: a qcow2 disk backed by a pin;
+3. ``symlink`` (only when listed), for raw targets off the share: a symbolic link
+   to a *pin* of ours (a hard link in a handler-owned directory on the shared
+   volume), never to Glance's path; never for a caller that needs a regular file
+   (Nova copies its ``_base`` with ``cp -r``, which would copy the link itself and
+   then resize the image through it);
+4. ``overlay``, for qcow2 targets of raw images: a qcow2 disk backed by a pin
+   (Nova's Qcow2 instance disks, wherever the instance directory is);
 5. otherwise step aside, saying why.
 
 Pins are released when no disk recorded as their user exists any more: each time
@@ -61,17 +63,17 @@ shared_fs_opts = (
              'file .image_handlers_fs_id containing the id, so a missing mount (an '
              'empty directory) or another volume is never read.'),
     cfg.ListOpt(
-        'shared_fs_methods', default=[REFLINK, SYMLINK, OVERLAY],
+        'shared_fs_methods', default=[REFLINK, OVERLAY],
         help='How shared_fs may make a disk, in order of preference: reflink '
              '(copy-on-write clone on the same file system; an independent disk), '
              'hardlink (same file system; the image file is made read-only and its '
              'inode shared with Glance, whose deletes then leave the data in '
-             'place), symlink (raw targets anywhere, such as Nova\'s _base on a '
-             'local disk: a symbolic link to a pin of the image file), overlay '
-             '(qcow2 targets: a qcow2 disk backed by a pin). Hardlink is off by '
-             'default because it makes Glance\'s own file read-only and shares its '
-             'inode, so an ownership change of the disk (libvirt '
-             'dynamic_ownership) reaches Glance\'s file.'),
+             'place), symlink (raw targets anywhere: a symbolic link to a pin of the '
+             'image file; never for Nova, which copies its _base with "cp -r"), '
+             'overlay (qcow2 targets: a qcow2 disk backed by a pin; Nova\'s Qcow2 '
+             'instance disks). Hardlink and symlink are off by default: both give '
+             'a path to Glance\'s own data (a write through it, or an ownership '
+             'change by libvirt\'s dynamic_ownership, reaches Glance\'s file).'),
     cfg.StrOpt(
         'shared_fs_pin_dir', default='.image_handlers/pins/{host}',
         help='Directory, relative to each shared mount point, for the pins that '
@@ -170,6 +172,11 @@ class SharedFsHandler(Handler):
                 return REFLINK, support.reason
             if method == HARDLINK:
                 return HARDLINK, f'same file system ({fs})'
+            if method == SYMLINK and target.regular_file:
+                why_not.append('symlink: the caller needs a regular file (Nova copies '
+                               'a _base file with "cp -r", which would copy a link as '
+                               'a link and then resize the image through it)')
+                continue
             if method == SYMLINK:
                 return SYMLINK, (f'symbolic link to a pin in '
                                  f'{self._pin_dir(source)}')

@@ -21,7 +21,9 @@ Nova's own path is logged at WARNING with every reason, never silently.
 """
 from __future__ import annotations
 
+import os
 import threading
+import xml.etree.ElementTree as ET
 from typing import Callable
 
 from oslo_log import log as logging
@@ -36,6 +38,7 @@ from nova.virt.libvirt import utils as libvirt_utils
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
 from image_handlers.chain import HandlerChain
+from image_handlers.iscsi import fill as lun_fill
 from image_handlers.jobs import runner as jobs_runner
 from image_handlers.nova.image_source import NovaImageSource
 from image_handlers.results import FetchResult
@@ -128,6 +131,75 @@ def zero_copy_first(backend, fetch_func: FetchFunc, context, image_id: str,
     return fetch
 
 
+def provide_disk(backend, context, image_id: str, instance, size: int | None) -> bool:
+    """For Nova's Qcow2 backend: let a zero-copy handler make the instance disk
+    itself (an iscsi_cor overlay on the image's LUN, a shared_fs overlay on a pin),
+    so no _base file is fetched at all. True when the disk now exists. Only
+    zero-copy handlers may: a copied qcow2 would skip Nova's format checks."""
+    if not enabled() or not isinstance(backend, imagebackend.Qcow2) or backend.exists():
+        return False
+    if CONF.glance.verify_glance_signatures or instance.trusted_certs:
+        return False            # signatures are checked on Nova's download only
+    target = FileTarget(kind=FILE, path=backend.path, disk_format='qcow2')
+    os.makedirs(os.path.dirname(backend.path), exist_ok=True)
+    result = _provide(context, image_id, target, purpose_of(instance), size,
+                      zero_copy_only=True)
+    if result is None:
+        return False
+    LOG.info('image %s: instance disk %s made by %s (%s); %s', image_id,
+             backend.path, result.handler, result.method,
+             f'job {result.job} completes it' if result.job else 'complete')
+    return True
+
+
+def guest_xml(xml: str, instance) -> str:
+    """Open disks that still fill from a LUN with copy_on_read='on', and hand their
+    fill over to the guest's qemu (the offline fill lets go of the disk first)."""
+    if not enabled():
+        return xml
+    filling = _fills_under(libvirt_utils.get_instance_path(instance))
+    if not filling:
+        return xml
+    root = ET.fromstring(xml)
+    for disk in root.iter('disk'):
+        source, driver = disk.find('source'), disk.find('driver')
+        path = source.get('file') if source is not None else None
+        job = filling.get(os.path.realpath(path)) if path else None
+        if job is None or driver is None:
+            continue
+        driver.set('copy_on_read', 'on')
+        if not lun_fill.release_for_guest(CONF[ih_conf.GROUP].state_dir, job.id,
+                                          CONF[ih_conf.GROUP].iscsi_handover_timeout):
+            raise nova_exception.InternalError(
+                f'image_handlers: fill job {job.id} of {path} did not let go of the '
+                f'disk in time, so no guest may open it yet')
+        LOG.info('instance disk %s opened copy-on-read; job %s continues in the '
+                 'guest', path, job.id)
+    return ET.tostring(root, encoding='unicode')
+
+
+def release(instance) -> None:
+    """The instance leaves this host (delete, migration): its disks' fills stop,
+    and what they held is released."""
+    if not enabled():
+        return
+    for path, job in _fills_under(libvirt_utils.get_instance_path(instance)).items():
+        jobs_runner.cancel(CONF, job.id)
+        LOG.info('instance disk %s: fill job %s cancelled, the instance leaves this '
+                 'host', path, job.id)
+
+
+def _fills_under(directory: str) -> dict:
+    """Unfinished fill jobs of disks in ``directory``, by the disk's real path."""
+    base = os.path.realpath(directory)
+    found = {}
+    for job in jobs_runner.store(CONF).all():
+        disk = job.params.get('disk') if job.kind == 'lun_fill' else None
+        if disk and not job.finished and os.path.realpath(disk).startswith(base + '/'):
+            found[os.path.realpath(disk)] = job
+    return found
+
+
 def download(context, image_href: str, path: str, trusted_certs=None) -> bool:
     """Write image ``image_href`` to ``path`` through the chain; False leaves the
     download to Nova (the reason logged). An image without a recorded hash is
@@ -145,17 +217,19 @@ def download(context, image_href: str, path: str, trusted_certs=None) -> bool:
     # fetch_to_raw renames PATH (``<_base file>.part``) once its checks pass.
     final = path[:-len('.part')] if path.endswith('.part') else None
     return _provide(context, image_id, FileTarget(kind=FILE, path=path,
-                                                  final_path=final),
+                                                  final_path=final, regular_file=True),
                     'spawn', None, require_hash=True) is not None
 
 
 def _provide(context, image_id: str, target, purpose: str, size: int | None,
-             require_hash: bool = False) -> FetchResult | None:
+             require_hash: bool = False, zero_copy_only: bool = False
+             ) -> FetchResult | None:
     """The chain's result, or None when no handler could (reasons logged)."""
     handlers = chain()
     try:
         request = handlers.request(image_id, target, purpose, size,
-                                   source=NovaImageSource(context))
+                                   source=NovaImageSource(context),
+                                   zero_copy_only=zero_copy_only)
         if (require_hash and request.image.expected_hash is None
                 and not CONF[ih_conf.GROUP].allow_unverified_copies):
             raise nova_exception.ImageUnacceptable(

@@ -4,11 +4,12 @@ code (``_create_and_inject_local_root``, its Flat and Qcow2 image backends,
 against the lab's real Glance and its XFS / GlusterFS mounts.
 
 What the tests show: with ``_base`` on the share (XFS) Nova's base file is a reflink
-of Glance's file; with ``_base`` on a local disk and the store on Gluster, Nova's
-Qcow2 disk is backed by a ``_base`` that is a symbolic link to our pin, so its
-backing chain reaches the shared file without a copy; Nova's own safety checks still
-refuse a qcow2 image with a backing file; the image cache manager removes only our
-links, never Glance's file, and a pin is released only once no disk uses it.
+of Glance's file; with the instances on a local disk and the store on Gluster,
+Nova's Qcow2 disk is itself an overlay backed by our pin of the shared file (no
+_base at all), and a Flat _base is never a symbolic link (Nova's "cp -r" would
+carry the link into the instance disk); Nova's own safety checks still refuse a
+qcow2 image with a backing file; the image cache manager removes only our links,
+never Glance's file, and a pin is released only once no disk uses it.
 """
 from __future__ import annotations
 
@@ -97,9 +98,12 @@ def test_flat_base_on_the_share_is_a_reflink_of_glances_file(
     assert not os.path.exists(base + '.part')
 
 
-def test_qcow2_disk_backing_chain_reaches_the_shared_file_without_a_copy(
+def test_qcow2_disk_is_an_overlay_on_the_shared_file_without_a_copy(
         nova_fs_env, fs_image, gluster_lab, instance, create_root_disk, tmp_path,
         caplog):
+    """images_type = qcow2, instances on a local disk, the store on Gluster: the
+    instance disk itself is a qcow2 overlay backed by our pin of Glance's file; no
+    _base file is fetched at all."""
     data = image_bytes(6 * MiB, seed=82, zero_every=100)
     image_id = fs_image(data, 'gluster')
     nova_fs_env(tmp_path / 'instances', 'qcow2')        # _base on a local disk
@@ -107,18 +111,41 @@ def test_qcow2_disk_backing_chain_reaches_the_shared_file_without_a_copy(
 
     backend = create_root_disk(instance(image_id), image_id)
 
-    base = _base_file(image_id)
-    pin = os.readlink(base)                  # _base is a link to our pin, not a copy
+    assert not os.path.lexists(_base_file(image_id))
+    info = json.loads(subprocess.run(
+        ['qemu-img', 'info', '-U', '--output=json', backend.path],
+        capture_output=True, check=True).stdout)
+    pin = info['backing-filename']
+    assert info['format'] == 'qcow2' and info['backing-filename-format'] == 'raw'
     assert pin.startswith(str(gluster_lab.mountpoint))
     assert pin != _glance_file(gluster_lab, image_id)
     assert os.stat(pin).st_ino == os.stat(_glance_file(gluster_lab, image_id)).st_ino
-    info = json.loads(subprocess.run(
-        ['qemu-img', 'info', '-U', '--output=json', '--backing-chain', backend.path],
-        capture_output=True, check=True).stdout)
-    assert info[0]['format'] == 'qcow2' and info[0]['backing-filename'] == base
+    assert info['virtual-size'] == 1 << 30                 # the flavor's root disk
     assert _qemu_read(backend.path, str(tmp_path / 'read.raw'))[:len(data)] == data
-    assert f'image {image_id} provided by shared_fs (symlink)' in caplog.text
+    assert f'instance disk {backend.path} made by shared_fs (overlay)' in caplog.text
     assert os.stat(backend.path).st_blocks * 512 < 2 * MiB    # nothing copied in
+
+
+def test_flat_base_off_the_share_is_never_a_symlink_even_when_allowed(
+        nova_fs_env, fs_image, gluster_lab, instance, create_root_disk, tmp_path,
+        caplog):
+    """Nova copies a _base file with "cp -r", which copies a symbolic link as a
+    link; its Flat disk would then be a link to Glance's data, resized through it.
+    So with symlinks allowed, Nova's _base is still a regular file: a full copy
+    here (no reflink or link across file systems), with the reason."""
+    data = image_bytes(3 * MiB, seed=87)
+    image_id = fs_image(data, 'gluster')
+    nova_fs_env(tmp_path / 'instances', 'flat', image_handlers={
+        'shared_fs_methods': ['reflink', 'symlink', 'overlay']})
+    caplog.set_level(logging.INFO)
+    backend = create_root_disk(instance(image_id), image_id)
+    base = _base_file(image_id)
+    assert os.path.isfile(base) and not os.path.islink(base)
+    assert not os.path.islink(backend.path)
+    assert 'symlink: the caller needs a regular file' in caplog.text
+    assert 'as a FULL COPY' in caplog.text
+    with open(_glance_file(gluster_lab, image_id), 'rb') as f:
+        assert f.read() == data                  # Glance's file is untouched
 
 
 def test_nova_still_refuses_a_qcow2_with_a_backing_file_on_the_share(
@@ -160,21 +187,23 @@ def test_nova_still_refuses_a_qcow2_with_a_backing_file_on_the_share(
 
 
 def test_image_cache_manager_removes_only_our_links_and_pins_outlive_their_users(
-        nova_fs_env, fs_image, gluster_lab, instance, create_root_disk, context,
-        tmp_path):
-    """Nova's cache manager's removal pass (its listing of running instances reads
-    Nova's database, which this lab has not: the pass is given them as
-    ``_list_running_instances`` would)."""
+        nova_fs_env, fs_image, ext4_lab, gluster_lab, instance, create_root_disk,
+        context, tmp_path):
+    """A Flat instance on the ext4 share gets a hardlinked _base; a Qcow2 instance
+    off the share an overlay on a pin. Nova's cache manager's removal pass (its
+    listing of running instances reads Nova's database, which this lab has not: it
+    is given them as ``_list_running_instances`` would) removes the unused _base
+    link and never Glance's file; the pin goes only once its disk is gone."""
     data = image_bytes(2 * MiB, seed=84)
-    image_id = fs_image(data, 'gluster')
-    nova_fs_env(tmp_path / 'instances', 'qcow2',
-                image_cache={'remove_unused_original_minimum_age_seconds': 0})
-    inst = instance(image_id)
-    backend = create_root_disk(inst, image_id)
-    base = _base_file(image_id)
-    pin = os.readlink(base)
-    store = PinStore(os.path.dirname(pin), CONF.image_handlers.state_dir,
-                     host=CONF.image_handlers.host)
+    linked = fs_image(data, 'ext4')
+    instances = ext4_lab.mountpoint / f'nova-{uuid.uuid4().hex[:6]}'
+    nova_fs_env(instances, 'flat', image_cache={
+        'remove_unused_original_minimum_age_seconds': 0}, image_handlers={
+        'shared_fs_methods': ['reflink', 'hardlink', 'overlay']})
+    flat = instance(linked)
+    flat_disk = create_root_disk(flat, linked)
+    base = _base_file(linked)
+    assert os.stat(base).st_ino == os.stat(_glance_file(ext4_lab, linked)).st_ino
 
     def cache_pass(running):
         manager = imagecache.ImageCacheManager()
@@ -185,15 +214,24 @@ def test_image_cache_manager_removes_only_our_links_and_pins_outlive_their_users
         manager.instance_names = {n for i in running for n in (i.name, i.uuid)}
         manager._age_and_verify_cached_images(context, running, base_dir)
 
-    cache_pass([inst])                               # in use: kept
-    assert os.path.islink(base) and store.release_unused() == []
-    assert os.path.exists(pin)
-
-    os.unlink(backend.path)                          # the instance is deleted
+    cache_pass([flat])
+    assert os.path.exists(base)                      # in use: kept
+    os.unlink(flat_disk.path)                        # the instance is deleted
     cache_pass([])
     assert not os.path.lexists(base)                 # Nova removed its _base link
-    assert _glance_file(gluster_lab, image_id) != pin
-    with open(_glance_file(gluster_lab, image_id), 'rb') as f:
+    with open(_glance_file(ext4_lab, linked), 'rb') as f:
         assert f.read() == data                      # ... and never Glance's file
-    released = store.release_unused()
-    assert [p.path for p in released] == [pin] and not os.path.exists(pin)
+
+    pinned = fs_image(image_bytes(2 * MiB, seed=88), 'gluster')
+    nova_fs_env(tmp_path / 'instances', 'qcow2')
+    disk = create_root_disk(instance(pinned), pinned)
+    pin = json.loads(subprocess.run(['qemu-img', 'info', '-U', '--output=json',
+                                     disk.path], capture_output=True,
+                                    check=True).stdout)['backing-filename']
+    store = PinStore(os.path.dirname(pin), CONF.image_handlers.state_dir,
+                     host=CONF.image_handlers.host)
+    assert store.release_unused() == [] and os.path.exists(pin)   # its disk exists
+    os.unlink(disk.path)
+    assert [p.path for p in store.release_unused()] == [pin]
+    assert not os.path.exists(pin)
+    assert os.path.exists(_glance_file(gluster_lab, pinned))
