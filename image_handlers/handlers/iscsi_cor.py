@@ -175,7 +175,10 @@ class IscsiCorHandler(Handler):
                     'secret_ref': spec.secret_ref},
             'attachment': attachment.record(),
             'libvirt_uri': group.iscsi_libvirt_uri,
+            # Everything the worker needs, as configured now: it may run under
+            # another configuration (or none, after a restart of nova-compute).
             'retries': group.copy_retries, 'read_timeout': group.read_timeout,
+            'bandwidth_limit': group.bandwidth_limit,
             'handover_timeout': group.iscsi_handover_timeout}
         return runner.submit(self.conf, 'lun_fill', params,
                              f'fill {request.target.path} from {spec.url} (image '

@@ -72,8 +72,8 @@ class LunFill(JobKind):
             p['image_id'], str(checksum), p['identity'])
         hasher = checksum.new() if verify else None
         sink = hasher.update if hasher else (lambda data: None)
-        limiter = (TokenBucket(group.bandwidth_limit, sleep=time.sleep)
-                   if group.bandwidth_limit else None)
+        bandwidth = int(p.get('bandwidth_limit', group.bandwidth_limit) or 0)
+        limiter = TokenBucket(bandwidth, sleep=time.sleep) if bandwidth else None
 
         def handover() -> bool:
             return os.path.exists(_flag(state_dir, job.id, 'handover'))
@@ -92,7 +92,7 @@ class LunFill(JobKind):
                 pass
             LOG.info('job %s: %s handed over to its guest at byte %d', job.id, disk,
                      offset)
-            self._online(spec, disk, size, offset, sink, limiter, ctx, p, group)
+            self._online(spec, disk, size, offset, sink, limiter, ctx, p, bandwidth)
         else:
             img.make_standalone(disk, 'raw', objects=tuple(spec.objects()))
         _detach(p.get('attachment') or {})
@@ -153,7 +153,7 @@ class LunFill(JobKind):
                 time.sleep(min(30.0, 0.5 * 2 ** (failures - 1)))
 
     @staticmethod
-    def _online(spec, disk, size, offset, sink, limiter, ctx, p, group) -> None:
+    def _online(spec, disk, size, offset, sink, limiter, ctx, p, bandwidth) -> None:
         uri = p.get('libvirt_uri') or 'qemu:///system'
         deadline = time.monotonic() + float(p.get('handover_timeout', 600))
         found, last = None, None
@@ -178,7 +178,7 @@ class LunFill(JobKind):
                 reader.read_through(h, offset, size, sink, limiter, ctx.cancelled,
                                     lambda done: None, f'verification of {spec.url}',
                                     float(p.get('read_timeout', 60)))
-        guest.block_pull(uri, domain, dev, group.bandwidth_limit,
+        guest.block_pull(uri, domain, dev, bandwidth,
                          lambda cur, end: ctx.report(cur, end or size), ctx.cancelled)
         after = img.info(disk)
         if after.get('backing-filename'):
