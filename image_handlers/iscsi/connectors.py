@@ -69,14 +69,14 @@ class OsBrickConnector(Connector):
     name = 'os-brick ISCSI connector (kernel initiator)'
 
     def __init__(self, execute: Callable | None = None,
-                 root_helper: str = 'sudo') -> None:
+                 root_helper: str = 'sudo', **connector_args) -> None:
         try:
             from os_brick.initiator.connectors import iscsi
         except ImportError:
             raise exceptions.ConfigError(
                 'iscsi_initiator = kernel needs os-brick: pip install os-brick') from None
         kwargs = {'execute': execute} if execute else {}
-        self._connector = iscsi.ISCSIConnector(root_helper, **kwargs)
+        self._connector = iscsi.ISCSIConnector(root_helper, **kwargs, **connector_args)
 
     def attach(self, spec: LunSpec) -> Attachment:
         props = {'target_portal': spec.portal, 'target_iqn': spec.iqn,

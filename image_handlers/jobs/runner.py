@@ -148,8 +148,10 @@ def wait(conf: cfg.ConfigOpts, job_id: str, timeout: float | None = None,
         job = jobs.get(job_id)
         if job.finished:
             return job
-        if not jobs.is_running(job_id) and job.state == RUNNING:
-            # Its worker died between two looks: say so rather than wait for ever.
+        if (job.state == RUNNING and not jobs.is_running(job_id)
+                and jobs.get(job_id).state == RUNNING):
+            # No worker holds it, and it did not just finish (read again after
+            # the lock check): its worker died. Say so rather than wait for ever.
             raise exceptions.ImageHandlerError(
                 f'job {job_id} has no worker (it died); "image-handlers jobs resume" '
                 f'starts it again')

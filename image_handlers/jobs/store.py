@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import re
+import time
 import uuid
 from typing import Iterator
 
@@ -66,23 +67,29 @@ class JobStore:
         return sorted(jobs, key=lambda j: j.created)
 
     @contextlib.contextmanager
-    def running(self, job_id: str) -> Iterator[bool]:
-        """Hold the job's run lock; yields False (held by nobody new) when another
-        live worker has it."""
+    def running(self, job_id: str, patience: float = 1.0) -> Iterator[bool]:
+        """Hold the job's run lock; yields False when another live worker has it.
+        Tried for ``patience`` seconds: ``is_running`` probes take it for an instant,
+        and a worker starting just then must not take the probe for a worker."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         fd = os.open(self._path(job_id, '.lock'), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                      0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            deadline = time.monotonic() + patience
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.01)
             yield True
         finally:
             os.close(fd)
 
     def is_running(self, job_id: str) -> bool:
-        """True while a live worker holds the job's lock."""
-        with self.running(job_id) as got:
+        """True while a live worker holds the job's lock (probed, never waited)."""
+        with self.running(job_id, patience=0) as got:
             return not got

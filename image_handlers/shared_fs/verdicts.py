@@ -162,6 +162,8 @@ class VerdictStore:
         was valid, so not racy). None when anything else changed."""
         if tuple(now)[:4] != verdict.identity()[:4]:
             return None
+        if tuple(now) == verdict.identity():
+            return verdict                  # nothing moved (a pin reused): no write
         carried = dataclasses.replace(verdict, ctime_ns=int(now[4]), ctime_ours=True)
         kept = [v for v in self._load(image_id)
                 if (v.st_dev, v.st_ino) != (verdict.st_dev, verdict.st_ino)]
