@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tools.lab import CephService, GlanceService, GlusterService, LoopFsService
 from tools.lab import write_fs_marker
+from tools.lab.tgt import TgtService
 from tools.lab.nginx import NginxService
 from tools.lab.service import LAB_DIR
 
@@ -46,8 +47,9 @@ def run(*args: str, show_json: bool = False) -> subprocess.CompletedProcess:
     out = proc.stdout
     if show_json and proc.stdout.strip().startswith('{'):
         data = json.loads(proc.stdout)
-        out = json.dumps({k: data[k] for k in ('handler', 'location', 'zero_copy',
-                                              'bytes_copied', 'seconds')}, indent=1)
+        out = json.dumps({k: data[k] for k in (
+            'handler', 'location', 'method', 'zero_copy', 'bytes_copied',
+            'disk_format', 'depends_on', 'job', 'seconds')}, indent=1)
     print(out.rstrip())
     errors = [l for l in proc.stderr.splitlines() if 'error:' in l or 'WARNING' in l]
     for line in errors[-3:]:
@@ -135,6 +137,40 @@ def demo_shared_fs(client, glance, conf: Path, work: Path, data: bytes, xfs,
     print(f'x.raw exists afterwards: {os.path.exists(work / "x.raw")}')
     for image in (on_gluster, on_xfs, hostile):
         client.images.delete(image['id'])
+
+
+def demo_iscsi_cor(client, glance, conf: Path, work: Path, data: bytes) -> None:
+    """An image LUN: the disk is usable at once, a job fills and verifies it."""
+    banner('an image published as a read-only LUN (tgt): the disk is ready at once')
+    tgt = TgtService('demo-tgt')
+    try:
+        tgt.start()
+        src = work / 'lun-image.raw'
+        src.write_bytes(data)
+        export = tgt.export('demo-lun', src)
+        image = client.images.create(name='demo-on-lun', disk_format='raw',
+                                     container_format='bare')
+        client.images.upload(image['id'], io.BytesIO(data), image_size=len(data))
+        _rewrite_location(glance, image['id'], export.url, {})
+        print(f'(image {image["id"]}: its location row now says {export.url})')
+        cor = work / 'iscsi.conf'
+        cor.write_text(conf.read_text().replace(
+            'handlers = rbd_clone, stream_copy', 'handlers = iscsi_cor, stream_copy')
+            + f'iscsi_allowed_portals = {tgt.portal}\n')
+        disk = work / 'disk-lun.qcow2'
+        res = run('fetch', image['id'], str(disk), '--disk-format', 'qcow2',
+                  '--config-file', str(cor), '--json', show_json=True)
+        job = json.loads(res.stdout)['job']
+        banner('the fill job copies the rest and verifies the LUN, then lets go of it')
+        run('jobs', 'wait', job, '--config-file', str(cor))
+        info = json.loads(subprocess.run(['qemu-img', 'info', '-U', '--output=json',
+                                          str(disk)], capture_output=True,
+                                         text=True).stdout)
+        print(f'{disk.name}: backing file {info.get("backing-filename", "none")}, '
+              f'sessions on the target: {len(tgt.sessions("demo-lun"))}')
+        client.images.delete(image['id'])
+    finally:
+        tgt.stop()
 
 
 def main() -> int:
@@ -235,6 +271,7 @@ progress_interval = 1
             print(f'Glance refused the hostile location: {exc}')
 
         demo_shared_fs(client, glance, conf, work, data, xfs, gluster)
+        demo_iscsi_cor(client, glance, conf, work, data)
 
         banner('inside Nova 34 (patched): root disks for instances, the same decisions')
         nova_python = LAB_DIR / 'venv-nova' / 'bin' / 'python'
