@@ -1,23 +1,36 @@
-"""Small JSON records in ``state_dir``: written whole (tmp + fsync + rename, mode
-0600), read leniently (a missing file is None; a damaged one is reported)."""
+"""Small JSON records in ``state_dir``: written whole (a private temporary file,
+fsync, rename, fsync of the directory: mode 0600, never half-written, durable),
+read leniently (a missing file is None; a damaged one is a ValueError)."""
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any
 
 
 def write_json(path: str, doc: Any) -> None:
-    directory = os.path.dirname(path)
+    directory, name = os.path.split(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{name}.', suffix='.tmp')
     try:
-        os.write(fd, json.dumps(doc, indent=1, sort_keys=True).encode())
-        os.fsync(fd)
+        with os.fdopen(fd, 'w') as f:                     # mkstemp: mode 0600
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.write('\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
     finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        os.close(dir_fd)
 
 
 def read_json(path: str) -> Any | None:

@@ -35,15 +35,14 @@ def served(objects: list[str], image_opts: str, read_only: bool,
     try:
         h.connect_systemd_socket_activation(argv)
     except nbd.Error as exc:
-        del h
         raise exceptions.SourceError(f'{description}: qemu-nbd could not serve it: '
                                      f'{exc}') from None
     try:
         yield h
     finally:
         with contextlib.suppress(nbd.Error):
-            h.shutdown()
-        del h               # libnbd closes the handle (and reaps qemu-nbd) on delete
+            h.shutdown()    # libnbd closes the handle (and reaps qemu-nbd) when the
+                            # handle is freed, as this frame ends
 
 
 def read_through(h, start: int, end: int, sink: Callable[[bytes], None],

@@ -31,13 +31,13 @@ import json
 import os
 import socket
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 from oslo_log import log as logging
 
+from image_handlers import statefile
 from image_handlers.copy import fsutil
 from image_handlers.shared_fs import mounts
 from image_handlers.shared_fs.errors import PinError
@@ -399,22 +399,7 @@ class PinStore:
         doc = {'version': FORMAT_VERSION, 'name': pin.name, 'pin_path': pin.path,
                'image_id': pin.image_id, 'st_dev': pin.st_dev, 'st_ino': pin.st_ino,
                'size': pin.size, 'users': users, 'updated_at': time.time()}
-        fd, tmp = tempfile.mkstemp(dir=self.state, prefix=f'.{pin.name}.',
-                                   suffix='.tmp')       # mode 0600
-        try:
-            with os.fdopen(fd, 'w') as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.write('\n')
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._record_path(pin.name))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        fsutil.fsync_dir(self.state)
+        statefile.write_json(self._record_path(pin.name), doc)
 
 
 def _claim(path: str, value: str) -> str:

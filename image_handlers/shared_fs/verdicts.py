@@ -26,13 +26,11 @@ import dataclasses
 import json
 import os
 import stat
-import tempfile
 import time
 
 from oslo_log import log as logging
 
-from image_handlers import exceptions
-from image_handlers.copy import fsutil
+from image_handlers import exceptions, statefile
 from image_handlers.copy.buffers import BufferPool
 from image_handlers.copy.cancel import CancelToken
 from image_handlers.copy.checksum import Checksum
@@ -220,23 +218,7 @@ class VerdictStore:
         return []
 
     def _write(self, image_id: str, doc: dict) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f'.{image_id}.',
-                                   suffix='.tmp')       # mode 0600
-        try:
-            with os.fdopen(fd, 'w') as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.write('\n')
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(image_id))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        fsutil.fsync_dir(self.directory)
+        statefile.write_json(self.path(image_id), doc)
 
 
 def _difference(old: Identity, new: Identity) -> str:

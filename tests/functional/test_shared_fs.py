@@ -13,7 +13,6 @@ and nothing is created.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
