@@ -93,6 +93,8 @@ class LunFill(JobKind):
             LOG.info('job %s: %s handed over to its guest at byte %d', job.id, disk,
                      offset)
             self._online(spec, disk, size, offset, sink, limiter, ctx, p, bandwidth)
+        elif img.fully_allocated(disk):     # every block was read through COR:
+            img.drop_backing(disk)          # the LUN need not be opened again
         else:
             img.make_standalone(disk, 'raw', objects=tuple(spec.objects()))
         _detach(p.get('attachment') or {})

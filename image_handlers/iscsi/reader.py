@@ -6,6 +6,7 @@ offline (through qemu's copy-on-read filter, so each block read is also written
 into the overlay: one pass over the network fills and verifies)."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import signal
 import time
@@ -20,6 +21,7 @@ except ImportError:  # pragma: no cover - reported when used
     nbd = None
 
 CHUNK = 4 << 20     # bytes per NBD read: large, and under qemu-nbd's 32 MiB limit
+WINDOW = 4          # reads in flight: measured 340 MiB/s with 1, 466-498 with 4
 
 
 @contextlib.contextmanager
@@ -48,29 +50,44 @@ def served(objects: list[str], image_opts: str, read_only: bool,
 def read_through(h, start: int, end: int, sink: Callable[[bytes], None],
                  limiter: TokenBucket | None, cancelled: Callable[[], bool],
                  progress: Callable[[int], None], description: str,
-                 timeout: float = 60.0) -> int:
+                 timeout: float = 60.0, window: int = WINDOW) -> int:
     """Read [start, end) in order into ``sink``; returns the offset reached (less
-    than ``end`` only when ``cancelled`` said stop). A read that gets no answer for
-    ``timeout`` seconds (libiscsi retries a lost target for ever) is a SourceError:
-    qemu-nbd is killed, and what was read stays read."""
-    offset = start
-    while offset < end:
-        if cancelled():
-            return offset
-        n = min(CHUNK, end - offset)
-        if limiter is not None:
-            limiter.consume(n)
-        sink(_pread(h, n, offset, timeout, description))
-        offset += n
-        progress(offset)
-    return offset
+    than ``end`` only when ``cancelled`` said stop). Up to ``window`` reads are in
+    flight, so qemu-nbd reads (and copies-on-read) while ``sink`` hashes. A read
+    that gets no answer for ``timeout`` seconds (libiscsi retries a lost target for
+    ever) is a SourceError: qemu-nbd is killed, and what was read stays read."""
+    submitted = reached = start
+    inflight: collections.deque = collections.deque()
+    stop = False
+    while reached < end:
+        while (not stop and len(inflight) < window and submitted < end):
+            if cancelled():
+                stop = True
+                break
+            n = min(CHUNK, end - submitted)
+            if limiter is not None:
+                limiter.consume(n)
+            buf = nbd.Buffer(n)
+            try:
+                cookie = h.aio_pread(buf, submitted)
+            except nbd.Error as exc:
+                raise exceptions.SourceError(f'{description}: read at byte '
+                                             f'{submitted} failed: {exc}') from None
+            inflight.append((submitted, n, buf, cookie))
+            submitted += n
+        if not inflight:
+            return reached                      # cancelled, nothing left in flight
+        offset, n, buf, cookie = inflight.popleft()
+        _wait(h, cookie, offset, timeout, description)
+        sink(buf.to_bytearray())
+        reached = offset + n
+        progress(reached)
+    return reached
 
 
-def _pread(h, n: int, offset: int, timeout: float, description: str) -> bytes:
-    buf = nbd.Buffer(n)
+def _wait(h, cookie: int, offset: int, timeout: float, description: str) -> None:
     deadline = time.monotonic() + timeout
     try:
-        cookie = h.aio_pread(buf, offset)
         while not h.aio_command_completed(cookie):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -83,4 +100,3 @@ def _pread(h, n: int, offset: int, timeout: float, description: str) -> bytes:
     except nbd.Error as exc:
         raise exceptions.SourceError(f'{description}: read at byte {offset} failed: '
                                      f'{exc}') from None
-    return bytes(buf.to_bytearray())

@@ -42,6 +42,23 @@ def info(path: str, timeout: float = 60) -> dict[str, Any]:
                            f'inspecting {path}', timeout))
 
 
+def fully_allocated(path: str, timeout: float = 60) -> bool:
+    """True when the qcow2 itself holds every block (data or zero), so its backing
+    file is never read again. The backing file is not opened to tell."""
+    alone = 'json:' + json.dumps({'driver': 'qcow2', 'backing': None,
+                                  'file': {'driver': 'file', 'filename': path}})
+    extents = json.loads(_run([QEMU_IMG, 'map', '--output=json', '-U', alone],
+                              f'mapping {path}', timeout))
+    return all(e.get('present') for e in extents)
+
+
+def drop_backing(path: str, timeout: float = 60) -> None:
+    """Forget the backing file of a qcow2 that holds every block itself (see
+    ``fully_allocated``): no data moves, the backing file is not opened."""
+    _run([QEMU_IMG, 'rebase', '-u', '-f', 'qcow2', '-b', '', path],
+         f'dropping the backing file of {path}', timeout)
+
+
 def in_use(path: str, timeout: float = 60) -> bool:
     """True when another process (a guest's qemu) holds qemu's write lock on the
     disk: ``qemu-img info`` without -U then fails to get its shared lock."""
