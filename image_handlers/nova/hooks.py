@@ -1,4 +1,4 @@
-"""The two calls a patched Nova makes (nova_patches/); everything else is Nova's.
+"""The calls a patched Nova makes (nova_patches/); everything else is Nova's.
 
 ``zero_copy_first`` wraps the fetch function ``LibvirtDriver._try_fetch_image_cache``
 passes to a disk's ``cache()``. For Nova's Rbd backend the chain creates the disk
@@ -7,14 +7,19 @@ is downloaded and Nova imports it, as Nova does for a foreign cluster; Nova's
 own clone is never tried on a location the chain refused, since it does not
 check that a location names the image's own data.
 
+``provide_disk`` comes first for Nova's Qcow2 backend: a zero-copy handler makes
+the instance disk itself (an iscsi_cor copy-on-read overlay on the image's LUN, a
+shared_fs overlay on a pin of the shared file), and no ``_base`` is fetched.
+``guest_xml`` opens disks still filling from a LUN with ``copy_on_read='on'`` and
+hands their fill to the guest's qemu; ``release`` stops the fills of an instance
+that leaves the host.
+
 ``download`` is asked first by ``nova.virt.images.fetch``, the download step of
-``fetch_to_raw``: the chain makes Nova's ``.part`` file -- a reflink, pinned link
-or symbolic link to a pin by shared_fs when Glance's store is a shared mount,
-else a copy by stream_copy (verified, resumable, O_DIRECT) -- and Nova's own
-format inspection, backing-file and data-file refusal and raw conversion then run
-on it as before. Nova's Flat and Raw backends copy that ``_base`` file (coreutils
-reflinks it on the same file system); its Qcow2 disks are backed by it, so their
-backing chain reaches the shared file without a copy.
+``fetch_to_raw``: the chain makes Nova's ``.part`` file -- a reflink (or an allowed
+hardlink) by shared_fs when Glance's store is a shared mount and ``_base`` is on
+it, never a symbolic link (Nova copies ``_base`` with ``cp -r``), else a copy by
+stream_copy (verified, resumable, O_DIRECT) -- and Nova's own format inspection,
+backing-file and data-file refusal and raw conversion then run on it as before.
 
 Both do nothing unless ``[image_handlers] nova_integration`` is on. A fallback to
 Nova's own path is logged at WARNING with every reason, never silently.
