@@ -12,7 +12,8 @@ What the tests show: Nova's spawn gets a qcow2 disk backed by the LUN without a
 byte copied; the XML opens it copy_on_read; the offline fill hands over to the
 guest's qemu, which pulls the rest while the guest runs and reads the image's
 digest; afterwards the disk has no backing file, the LUN is verified, and the target
-has no session. Deleting an instance (``hooks.release``, what the patched
+has no session; a LUN found wrong while the guest runs fails its job with an ERROR
+and is refused after. Deleting an instance (``hooks.release``, what the patched
 ``cleanup`` calls) stops its fill.
 """
 from __future__ import annotations
@@ -51,11 +52,11 @@ def lun_image(make_image, glance_lab, tgt, tmp_path):
     LUN an operator publishes) is a LUN holding its bytes."""
     names = []
 
-    def make(data: bytes) -> tuple[str, object]:
+    def make(data: bytes, lun_data: bytes | None = None) -> tuple[str, object]:
         image_id = make_image(data)
         name = f'nova{len(names)}-{image_id[:8]}'
         backing = tmp_path / f'{name}.raw'
-        backing.write_bytes(data)
+        backing.write_bytes(data if lun_data is None else lun_data)
         export = tgt.export(name, backing)
         names.append(name)
         db = sqlite3.connect(glance_lab.workdir / 'glance.sqlite')
@@ -152,3 +153,44 @@ def test_deleting_an_instance_stops_its_fill(cor_env, lun_image, instance,
     done = runner.wait(CONF, job.id, timeout=60)
     assert done.state == 'cancelled'
     assert not hooks._fills_under(str(backend.path).rsplit('/', 1)[0])
+
+
+def test_a_wrong_lun_found_while_the_guest_runs_is_an_error_and_refused_after(
+        cor_env, lun_image, instance, create_root_disk, guest, boot, vm_name,
+        tmp_path, context, caplog):
+    """The LUN's bytes differ from the image's in its last MiB, which the fill only
+    hashes after the hand-over, with the guest running: the job fails with an
+    ERROR, and the chain refuses that LUN from then on."""
+    data = image_bytes(24 * MiB, seed=103, zero_every=4)
+    wrong = bytearray(data)
+    wrong[-MiB] ^= 0xFF
+    image_id, _export = lun_image(data, lun_data=bytes(wrong))
+    cor_env(bandwidth_limit=4 * MiB)
+    inst = instance(image_id)
+    backend = create_root_disk(inst, image_id)
+    job = _fill_of(backend.path)
+    deadline = time.monotonic() + 60
+    while runner.store(CONF).get(job.id).done_bytes < 4 * MiB:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    xml = hooks.guest_xml(guest.domain_xml(vm_name, backend.path, 'qcow2',
+                                           serial_log=tmp_path / 'serial.log',
+                                           nbytes=MiB, hold=True), inst)
+    dom = boot(xml)
+
+    done = runner.wait(CONF, job.id, timeout=240)
+
+    assert done.state == 'failed' and 'does not hold image' in done.error
+    log = open(f'{CONF.image_handlers.state_dir}/jobs/{job.id}.log').read()
+    assert 'ERROR' in log and 'does not hold image' in log
+    assert dom.isActive()                       # the guest was running all along
+    dom.destroy()
+    again = instance(image_id)
+    caplog.set_level(logging.INFO)
+    assert not hooks.provide_disk(lab_backend(again), context, image_id, again, None)
+    assert 'does not hold image' in caplog.text and 'refused from now on' in caplog.text
+
+
+def lab_backend(inst):
+    from nova.virt.libvirt import imagebackend
+    return imagebackend.Backend(CONF.use_cow_images).by_name(inst, 'disk')
