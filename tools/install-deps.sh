@@ -98,6 +98,10 @@ fi
 # The lab's Glance server lives in a virtualenv of its own, as a service would.
 make_venv "$state/venv-glance" venv-glance "$top/tools/lab/glance-requirements.txt"
 
+# The lab's Keystone and Barbican (tools/lab/keystone.py, barbican.py): one virtualenv
+# for both services, apart from Glance's, as separate services would be.
+make_venv "$state/venv-identity" venv-identity "$top/tools/lab/identity-requirements.txt"
+
 # Nova 34 from PyPI with nova_patches/ applied and image_handlers installed beside it:
 # Nova's own unit tests and our Nova integration tests run there. A changed patch
 # (or a new package version) reinstalls Nova first, so the patch always applies to
