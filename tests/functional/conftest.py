@@ -265,3 +265,35 @@ def glance_fs_lab(xfs_lab, btrfs_lab, ext4_lab, gluster_lab):
 @pytest.fixture(scope='session')
 def glance_fs(glance_fs_lab):
     return glance_fs_lab.client()
+
+
+# -- identity: a real Keystone and Barbican, and a Glance behind them ------------------
+# Keystone 30 (accounts: tools/lab/keystone.py's docstring), Barbican 23 behind its
+# auth_token (registered as key-manager), and Glance "glance-ks" with keystonemiddleware
+# in place of the lab tokens (registered as image).
+from tools.lab import BarbicanService, KeystoneService  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def keystone_lab():
+    """Keystone: ``.auth_url``, ``.session(user, project)``, ``.token(user, project)``."""
+    svc = KeystoneService().start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope='session')
+def barbican_lab(keystone_lab):
+    """Barbican behind keystone_lab, in its catalog as key-manager; ``.endpoint``."""
+    svc = BarbicanService(keystone_lab).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope='session')
+def glance_ks_lab(keystone_lab):
+    """Glance 'glance-ks' behind keystone_lab's auth_token, in its catalog as image;
+    clients: ``.keystone_client(user, project)``."""
+    svc = GlanceService(name='glance-ks', keystone=keystone_lab).start()
+    yield svc
+    svc.stop()

@@ -3,9 +3,13 @@
 Glance runs from its own venv (``.lab/venv-glance``, built by tools/install-deps.sh)
 exactly as deployed: ``glance.wsgi.api:application`` under uWSGI, a sqlite DB synced by
 ``glance-manage``, multi-store config (fs + read-only http; optionally rbd on the lab
-Ceph and more file stores, e.g. on the lab's XFS/btrfs/ext4/Gluster mounts). Only Keystone is replaced,
-by tools/lab/glance_labauth.py in the paste pipeline; clients still use keystoneauth's
-``admin_token`` plugin, like Nova with ``[glance] auth_type = admin_token``.
+Ceph and more file stores, e.g. on the lab's XFS/btrfs/ext4/Gluster mounts). By default
+only Keystone is replaced, by tools/lab/glance_labauth.py in the paste pipeline; clients
+still use keystoneauth's ``admin_token`` plugin, like Nova with ``[glance] auth_type =
+admin_token``. With ``keystone=<started KeystoneService>`` the pipeline has
+keystonemiddleware's real ``auth_token`` there instead (``[keystone_authtoken]``: the
+glance service user's password auth, no memcached), and Glance registers itself as
+``image`` in Keystone's catalog.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ paste.composite_factory = glance.api:root_app_factory
 /healthcheck: healthcheck-lab
 
 [pipeline:api-lab]
-pipeline = versionnegotiation labauth context rootapp
+pipeline = versionnegotiation {auth_filter} context rootapp
 
 [app:healthcheck-lab]
 paste.app_factory = oslo_middleware:Healthcheck.app_factory
@@ -51,6 +55,15 @@ disable_by_file_path = {workdir}/healthcheck_disable
 
 [filter:labauth]
 paste.filter_factory = glance_labauth:filter_factory
+"""
+
+# Behind the lab's Keystone: keystonemiddleware where labauth is (its options come
+# from glance-api.conf's [keystone_authtoken]). delay_auth_decision as in Glance's
+# shipped filter: a request without a token reaches Glance, which answers it.
+KEYSTONE_PASTE_SECTION = """
+[filter:authtoken-lab]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+delay_auth_decision = true
 """
 
 # Used only if the venv lacks glance's shipped etc/glance/glance-api-paste.ini.
@@ -88,6 +101,7 @@ class GlanceService(LabService):
                  fs_metadata: dict[str, str] | None = None,
                  ceph: Any = None,
                  file_stores: Mapping[str, tuple[Path | str, Mapping[str, str]]] | None = None,
+                 keystone: Any = None,
                  name: str | None = None,
                  run_dir: Path | None = None) -> None:
         """port: fixed port (else $IH_LAB_GLANCE_PORT for the default instance, else
@@ -100,6 +114,9 @@ class GlanceService(LabService):
         with datadir under mountpoint (e.g. on a LoopFsService mount): an upload with
         backend=store lands in ``file://<datadir>/<image_id>`` with location metadata
         ``{id, mountpoint, store}``.
+        keystone: a started KeystoneService: keystonemiddleware's auth_token (as the
+        glance service user) instead of the lab tokens; registers ``image`` in the
+        catalog. Clients: ``keystone_client(user, project)``.
         name: instance name (work dir), for a Glance beside the default "glance"."""
         super().__init__(run_dir, name=name)
         self.venv = Path(venv or GLANCE_VENV)
@@ -109,6 +126,7 @@ class GlanceService(LabService):
         self.fs_metadata = fs_metadata
         self.ceph = ceph
         self.file_stores = _check_file_stores(file_stores or {})
+        self.keystone = keystone
 
     # -- where things are -------------------------------------------------------
     @property
@@ -168,11 +186,20 @@ class GlanceService(LabService):
         """Same rbd cluster and file stores, and every file store's datadir still there
         (a mount re-created under a running Glance would leave it writing nowhere)."""
         return (self.state.get("ceph_fsid") == (self.ceph.fsid if self.ceph else None)
+                and self.state.get("keystone_auth_url")
+                == (self.keystone.auth_url if self.keystone else None)
                 and (self.state.get("file_stores") or {}) == self.file_stores
                 and all(Path(c["datadir"]).is_dir() for c in self.file_stores.values()))
 
     def is_healthy(self) -> bool:
         return "port" in self.state and http_ok(self.endpoint + "/healthcheck")
+
+    def start(self) -> "GlanceService":
+        """Start (or reuse) Glance; behind Keystone, (re)register it as ``image``."""
+        super().start()
+        if self.keystone is not None:
+            self.keystone.register_endpoint("image", "glance", self.endpoint)
+        return self
 
     # -- config files ---------------------------------------------------------------
     def _api_conf(self) -> str:
@@ -188,12 +215,23 @@ class GlanceService(LabService):
                            f"rbd_store_chunk_size = 8\nrados_connect_timeout = 10\n\n")
             self.state["ceph_fsid"] = self.ceph.fsid
         file_backends = "".join(f", {store}:file" for store in self.file_stores)
+        auth_section = ""
+        if self.keystone is not None:
+            from .keystone import DOMAIN, SERVICE_PROJECT, password_of
+            ks = self.keystone
+            self.state["keystone_auth_url"] = ks.auth_url
+            auth_section = (
+                f"[keystone_authtoken]\nauth_type = password\nauth_url = {ks.auth_url}\n"
+                f"www_authenticate_uri = {ks.auth_url}\nusername = glance\n"
+                f"password = {password_of('glance')}\nuser_domain_name = {DOMAIN}\n"
+                f"project_name = {SERVICE_PROJECT}\nproject_domain_name = {DOMAIN}\n"
+                f"interface = public\nservice_token_roles_required = true\n\n")
         file_sections = "".join(
             f"[{store}]\nfilesystem_store_datadir = {conf['datadir']}/\n"
             f"filesystem_store_metadata_file = {w}/store-{store}-metadata.json\n\n"
             for store, conf in self.file_stores.items())
         return f"""\
-# Written by tools/lab/glance.py: the lab's Glance, loopback only, no Keystone.
+# Written by tools/lab/glance.py: the lab's Glance, loopback only, {"behind the lab's Keystone" if self.keystone is not None else "no Keystone"}.
 [DEFAULT]
 debug = {self.debug}
 use_stderr = true
@@ -215,7 +253,7 @@ default_backend = fs
 [fs]
 filesystem_store_datadir = {w}/images/
 {meta}
-{rbd_section}{file_sections}[os_glance_staging_store]
+{rbd_section}{file_sections}{auth_section}[os_glance_staging_store]
 filesystem_store_datadir = {w}/staging/
 
 [os_glance_tasks_store]
@@ -238,7 +276,10 @@ config_file = {w}/glance-api-paste.ini
         base = shipped.read_text() if shipped.exists() else FALLBACK_PASTE
         return (f"# Glance's own {shipped.name} plus the lab pipeline "
                 f"(tools/lab/glance.py)\n{base}\n"
-                + LAB_PASTE_SECTIONS.format(workdir=self.workdir))
+                + LAB_PASTE_SECTIONS.format(
+                    workdir=self.workdir,
+                    auth_filter="labauth" if self.keystone is None else "authtoken-lab")
+                + ("" if self.keystone is None else KEYSTONE_PASTE_SECTION))
 
     def _uwsgi_ini(self) -> str:
         # http-socket, not http: uWSGI's http router breaks chunked uploads.
@@ -313,8 +354,28 @@ worker-reload-mercy = 5
         from glanceclient import Client
         return Client("2", session=self.session(token))
 
+    def keystone_client(self, user: str, project: str, password: str | None = None) -> Any:
+        """glanceclient v2 as a Keystone user (keystoneauth password session; the
+        image endpoint comes from the catalog). Only with keystone=..."""
+        if self.keystone is None:
+            raise ServiceError(f"{self.name}: not behind Keystone")
+        from glanceclient import Client
+        return Client("2", session=self.keystone.session(user, project, password),
+                      region_name="RegionOne")
+
+    def nova_conf_keystone(self) -> str:
+        """nova.conf as devstack writes it for this Glance behind Keystone (catalog
+        lookup, service user token, barbican key manager): keystone.nova_conf_keystone."""
+        if self.keystone is None:
+            raise ServiceError(f"{self.name}: not behind Keystone")
+        from .keystone import nova_conf_keystone
+        return nova_conf_keystone(self.keystone)
+
     def nova_conf(self, token: str = "lab-admin") -> str:
-        """nova.conf snippet pointing Nova's image API client at this Glance."""
+        """nova.conf snippet pointing Nova's image API client at this Glance (behind
+        Keystone: ``nova_conf_keystone()``, token is then unused)."""
+        if self.keystone is not None:
+            return self.nova_conf_keystone()
         return (f"[glance]\nauth_type = admin_token\nendpoint = {self.endpoint}\n"
                 f"token = {token}\n")
 
