@@ -109,7 +109,7 @@ class BarbicanService(LabService):
     def _keystone(self) -> Any:
         if self.keystone is None:
             from .keystone import KeystoneService
-            self.keystone = KeystoneService(self.workdir.parent).start()
+            self.keystone = KeystoneService(run_dir=self.workdir.parent).start()
         return self.keystone
 
     # -- where things are -------------------------------------------------------
