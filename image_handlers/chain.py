@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -23,6 +23,9 @@ from image_handlers.ranking import rank_locations
 from image_handlers.results import ELIGIBLE, FAILED, SKIPPED, USED, Attempt, FetchResult
 from image_handlers.targets import FileTarget, Target, parse_target
 from image_handlers.throughput import ThroughputStore
+from image_handlers.trust.certificates import CertificateSource
+from image_handlers.trust.expectation import expect
+from image_handlers.trust.policy import TrustPolicy
 
 LOG = logging.getLogger(__name__)
 
@@ -107,10 +110,13 @@ class HandlerChain:
 
     def request(self, image_id: str, target: str | Target, purpose: str = 'spawn',
                 size: int | None = None, source: ImageSource | None = None,
-                zero_copy_only: bool = False) -> Request:
-        """Read the image (from ``source``, default ``self.glance``) and check the
-        target; ``source`` lets one chain serve requests with different
-        credentials (inside Nova: each request context's own)."""
+                zero_copy_only: bool = False,
+                trusted_certs: Sequence[str] | None = None) -> Request:
+        """Read the image (from ``source``, default ``self.glance``), check the
+        target and decide what every path must prove of the bytes (Untrusted when
+        no path could); ``source`` lets one chain serve requests with different
+        credentials (inside Nova: each request context's own); ``trusted_certs``:
+        the instance's trusted certificate ids."""
         if not image_id or not isinstance(image_id, str):
             raise exceptions.ImageNotFound(f'invalid image id {image_id!r}')
         tgt = parse_target(target) if isinstance(target, str) else target
@@ -118,10 +124,15 @@ class HandlerChain:
             tgt.check_writable()
         glance = source or self.glance
         image = glance.get_image(image_id)
+        policy = TrustPolicy.from_conf(self.conf, trusted_certs)
+        certificates = CertificateSource(
+            self.conf, getattr(glance, 'key_manager_context', None),
+            policy.key_manager_timeout)
         return Request(image=image, target=tgt, virt_driver=self.virt_driver,
                        purpose=purpose, size=size, glance_endpoint=glance.endpoint,
                        glance_auth_headers=glance.auth_headers,
-                       zero_copy_only=zero_copy_only)
+                       zero_copy_only=zero_copy_only,
+                       expect=expect(image, policy, certificates))
 
     # -- the plan -----------------------------------------------------------------
 

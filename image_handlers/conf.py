@@ -85,7 +85,8 @@ def register_missing(conf: cfg.ConfigOpts, opts, group: str) -> None:
 
 def _core_opts() -> list[cfg.Opt]:
     from image_handlers.copy.conf import copy_opts  # the copy command's, too
-    return handler_opts + copy_opts
+    from image_handlers.trust.policy import trust_opts
+    return handler_opts + copy_opts + trust_opts
 
 
 def _installed_handler_classes() -> list:
@@ -108,6 +109,8 @@ def _register_glance_opts(conf: cfg.ConfigOpts) -> None:
         cfg.IntOpt('num_retries', default=3, min=0,
                    help='Retries of a failed Glance API call (Nova\'s option).'),
     ], GLANCE_GROUP)
+    from image_handlers.trust.policy import nova_glance_opts
+    register_missing(conf, nova_glance_opts, GLANCE_GROUP)
     register_missing(conf, ks_loading.get_session_conf_options(), GLANCE_GROUP)
     register_missing(conf, ks_loading.get_auth_common_conf_options(), GLANCE_GROUP)
     register_missing(conf, ks_loading.get_adapter_conf_options(), GLANCE_GROUP)

@@ -47,6 +47,13 @@ class ImageNotUsable(BadInput):
     """The image exists but cannot become a disk (not active, no data, ...)."""
 
 
+class Untrusted(BadInput):
+    """Nothing proves the image's bytes on any path: an unknown hash algorithm, a
+    signature that is required but missing or malformed, a signing certificate the
+    key manager does not have or the instance does not trust. No handler may
+    provide it, and nobody may hand it to a path that skips the check."""
+
+
 class ConfigError(BadInput):
     """nova.conf asks for something impossible (unknown handler, bad option value)."""
 
@@ -62,6 +69,10 @@ class RetriesExhausted(SourceError):
 
 class ChecksumMismatch(ImageHandlerError):
     """The bytes received do not hash to the image's recorded value."""
+
+
+class SignatureMismatch(ChecksumMismatch):
+    """The bytes do not carry the image's signature (img_signature)."""
 
 
 class SizeMismatch(ImageHandlerError):

@@ -45,6 +45,9 @@ class ImageSource(Protocol):
     def auth_headers(self) -> dict[str, str]:
         """Headers authenticating a data request (fresh on every call)."""
 
+    def key_manager_context(self) -> Any:
+        """A context castellan reads signing certificates with (oslo.context)."""
+
 
 class GlanceReader:
     """Image records, locations and the data endpoint of one Glance."""
@@ -92,6 +95,24 @@ class GlanceReader:
     def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate a raw data request (refreshed each call)."""
         return dict(self._session.get_auth_headers(auth=self._auth) or {})
+
+    def key_manager_context(self) -> Any:
+        """Certificates are read with nova.conf's [glance] credentials: castellan
+        takes the auth plugin from the context (``get_auth_plugin``)."""
+        from oslo_context import context as oslo_context
+        auth, session = self._auth, self._session
+
+        class _Context(oslo_context.RequestContext):
+            def get_auth_plugin(self):
+                return auth
+
+        try:
+            project_id = auth.get_project_id(session) if auth else None
+        except ks_exc.ClientException as exc:
+            raise exceptions.Untrusted(
+                f'cannot authenticate with nova.conf [glance] to read signing '
+                f'certificates: {exc}') from exc
+        return _Context(project_id=project_id)
 
     def get_image(self, image_id: str) -> ImageInfo:
         # The locations API does not depend on the record: both requests run at

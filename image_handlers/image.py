@@ -1,23 +1,11 @@
-"""What we know of one Glance image: the record, its hashes and its locations."""
+"""What we know of one Glance image: the record and its locations (what proves
+its bytes is image_handlers.trust's to say)."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
 from image_handlers.locations import Location
-
-HASH_ALGOS = ('sha512', 'sha384', 'sha256', 'sha224', 'sha1', 'md5')
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpectedHash:
-    """The hash a copy must match: os_hash first, the md5 ``checksum`` as fallback."""
-
-    algo: str
-    hexdigest: str
-
-    def __str__(self) -> str:
-        return f'{self.algo}:{self.hexdigest}'
 
 
 @dataclasses.dataclass
@@ -37,15 +25,6 @@ class ImageInfo:
     # Where the location list came from, and what was not available (for explain).
     location_sources: list[str] = dataclasses.field(default_factory=list)
     properties: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def expected_hash(self) -> ExpectedHash | None:
-        algo = (self.os_hash_algo or '').lower()
-        if algo in HASH_ALGOS and self.os_hash_value:
-            return ExpectedHash(algo, self.os_hash_value.lower())
-        if self.checksum:
-            return ExpectedHash('md5', self.checksum.lower())
-        return None
 
     @property
     def has_data(self) -> bool:

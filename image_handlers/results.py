@@ -63,8 +63,9 @@ class Provided:
             method='reused' if copied.reused_existing else 'copy',
             bytes_copied=copied.bytes_transferred,
             disk_format=disk_format or RAW,
-            verified=(str(copied.checksum) if copied.checksum
-                      else None),
+            verified=' and '.join(
+                ([str(copied.checksum)] if copied.checksum else [])
+                + (['signature'] if copied.signature_verified else [])) or None,
             details={'resumed_from': copied.resumed_from,
                      'restarts_from_zero': copied.restarts_from_zero,
                      'retries': copied.retries, 'size': copied.size,

@@ -3,13 +3,14 @@
 Order of a run: refuse a bad target; take the per-image lock (and reuse a
 target another copy published meanwhile); lock the partial file; resume from
 its checkpoint when it still describes the same source and image; stream with
-retries; verify size and hash; sync; publish by hard link.
+retries; verify size, hash and signature; sync; publish by hard link.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 from oslo_log import log as logging
 
@@ -28,6 +29,7 @@ from image_handlers.copy.ratelimit import TokenBucket
 from image_handlers.copy.source import (Source, Stream, TransientSourceError,
                                         identity_conflict)
 from image_handlers.copy.sparse import SparseWriter
+from image_handlers.trust import signature as signatures
 
 LOG = logging.getLogger(__name__)
 BUFFERS = 5     # one per stage (read, hash, write) and two to absorb jitter
@@ -42,6 +44,9 @@ class CopyJob:
     options: CopyOptions
     lock_name: str | None
     description: str
+    # A fresh signature verifier per pass (trust.signature.BoundSignature.verifier):
+    # fed the same bytes as the hash, in a pipeline stage of its own.
+    signature: Callable[[], signatures.Verifier] | None = None
 
 
 def run(job: CopyJob, cancel: CancelToken, progress: Progress) -> CopyResult:
@@ -70,19 +75,23 @@ def _reuse(job: CopyJob, paths: CopyPaths, cancel: CancelToken,
             raise exceptions.SizeMismatch(
                 f'{why}, but it has {size} bytes where {job.description} has '
                 f'{job.expected_size}; it was left untouched: check and remove it')
-        if job.checksum is not None:
-            actual = _hash_fd(fd, size, job.checksum.new(),
-                              BufferPool.create(1, job.options.buffer_size),
-                              cancel, job.description)
-            if actual != job.checksum.hexdigest:
-                raise exceptions.ChecksumMismatch(
-                    f'{why}, but its {job.checksum.algo} is {actual} where '
-                    f'{job.description} has {job.checksum.hexdigest}; it was left '
-                    f'untouched: check and remove it')
+        hasher = job.checksum.new() if job.checksum is not None else None
+        verifier = job.signature() if job.signature else None
+        read_fd(fd, size, [d.update for d in (hasher, verifier) if d is not None],
+                BufferPool.create(1, job.options.buffer_size), cancel, job.description)
+        if hasher is not None and hasher.hexdigest() != job.checksum.hexdigest:
+            raise exceptions.ChecksumMismatch(
+                f'{why}, but its {job.checksum.algo} is {hasher.hexdigest()} where '
+                f'{job.description} has {job.checksum.hexdigest}; it was left '
+                f'untouched: check and remove it')
+        if verifier is not None:
+            signatures.check(verifier, f'{why}, but it', 'it was left untouched: '
+                             'check and remove it')
     finally:
         os.close(fd)
-    if job.checksum is not None:
-        checked = f'{job.checksum.algo} verified'
+    if job.checksum is not None or job.signature is not None:
+        checked = ' and '.join(([f'{job.checksum.algo}'] if job.checksum else [])
+                               + (['signature'] if job.signature else [])) + ' verified'
     elif job.expected_size is not None:
         checked = 'size checked, no checksum given'
     else:
@@ -91,12 +100,14 @@ def _reuse(job: CopyJob, paths: CopyPaths, cancel: CancelToken,
     return CopyResult(target=paths.target, size=size, bytes_transferred=0,
                       resumed_from=0, restarts_from_zero=0, retries=0,
                       seconds=time.monotonic() - started, checksum=job.checksum,
-                      sparse_bytes=0, reused_existing=True)
+                      sparse_bytes=0, reused_existing=True,
+                      signature_verified=job.signature is not None)
 
 
-def _hash_fd(fd: int, length: int, hasher, pool: BufferPool, cancel: CancelToken,
-             description: str) -> str:
-    """Hash the first ``length`` bytes of ``fd`` (pread: the offset is untouched)."""
+def read_fd(fd: int, length: int, updates: list[Callable[[memoryview], None]],
+            pool: BufferPool, cancel: CancelToken, description: str) -> None:
+    """Feed the first ``length`` bytes of ``fd`` to each of ``updates`` (pread:
+    the offset is untouched)."""
     view = pool.buffers[0].view
     pos = 0
     while pos < length:
@@ -104,9 +115,9 @@ def _hash_fd(fd: int, length: int, hasher, pool: BufferPool, cancel: CancelToken
         n = os.preadv(fd, [view[:min(len(view), length - pos)]], pos)
         if not n:
             raise OSError(f'file ended at byte {pos} of {length}')
-        hasher.update(view[:n])
+        for update in updates:
+            update(view[:n])
         pos += n
-    return hasher.hexdigest()
 
 
 class _Transfer:
@@ -122,6 +133,7 @@ class _Transfer:
         self.offset = 0
         self.total: int | None = job.expected_size
         self.hasher = job.checksum.new() if job.checksum else None
+        self.verifier = job.signature() if job.signature else None
         self.identity: dict | None = None       # of the data in the partial
         self.received = 0
         self.retries = 0
@@ -246,11 +258,11 @@ class _Transfer:
         if expect is not None:
             expect(old.source)
         self.offset = old.offset
-        if self.hasher is not None and old.offset:
+        if self._digests() and old.offset:
             LOG.info('%s: resuming at byte %d of %s; hashing the kept bytes first',
                      job.description, old.offset, self.paths.partial)
-            _hash_fd(self.fd, old.offset, self.hasher, self.pool, self.cancel,
-                     job.description)
+            read_fd(self.fd, old.offset, self._digests(), self.pool, self.cancel,
+                    job.description)
         self.next_checkpoint = self.offset + self.opts.checkpoint_interval
 
     def _meta(self) -> Checkpoint:
@@ -269,6 +281,12 @@ class _Transfer:
         self.next_checkpoint = self.opts.checkpoint_interval
         if self.job.checksum is not None:
             self.hasher = self.job.checksum.new()
+        if self.job.signature is not None:
+            self.verifier = self.job.signature()
+
+    def _digests(self) -> list[Callable[[memoryview], None]]:
+        """The hash stages: the image hash, then the signature's digest."""
+        return [d.update for d in (self.hasher, self.verifier) if d is not None]
 
     # -- transfer --------------------------------------------------------
 
@@ -286,9 +304,8 @@ class _Transfer:
                 try:
                     if not self._accept(stream):
                         continue
-                    pump(stream, self.pool,
-                         self._hash if self.hasher is not None else None,
-                         self._write, self.cancel, self.limiter, job.description)
+                    pump(stream, self.pool, self._digests(), self._write,
+                         self.cancel, self.limiter, job.description)
                 finally:
                     stream.close()
                 if stream.total is not None and self.offset < stream.total:
@@ -351,10 +368,6 @@ class _Transfer:
             self.progress.total = total
         return True
 
-    def _hash(self, view: memoryview) -> None:
-        """The hasher stage (a thread of its own: see pipeline)."""
-        self.hasher.update(view)
-
     def _write(self, buffer: Buffer, n: int) -> None:
         """The writer stage: the buffer the hasher stage just hashed."""
         offset = self.offset
@@ -380,15 +393,18 @@ class _Transfer:
                 f'{job.description}: received {self.offset} bytes, the image has '
                 f'{job.expected_size}; the partial copy was deleted and nothing was '
                 f'published to {self.paths.target}')
-        if job.checksum is None:
-            return
-        actual = self.hasher.hexdigest()
-        if actual != job.checksum.hexdigest:
-            raise exceptions.ChecksumMismatch(
-                f'{job.description}: checksum mismatch copying to '
-                f'{self.paths.target}: expected {job.checksum}, got '
-                f'{job.checksum.algo}:{actual}; the partial copy was deleted and '
-                f'nothing was published')
+        if job.checksum is not None:
+            actual = self.hasher.hexdigest()
+            if actual != job.checksum.hexdigest:
+                raise exceptions.ChecksumMismatch(
+                    f'{job.description}: checksum mismatch copying to '
+                    f'{self.paths.target}: expected {job.checksum}, got '
+                    f'{job.checksum.algo}:{actual}; the partial copy was deleted and '
+                    f'nothing was published')
+        if self.verifier is not None:
+            signatures.check(self.verifier, f'{job.description}: the copy to '
+                             f'{self.paths.target}', 'the partial copy was deleted '
+                             'and nothing was published')
 
     def _result(self, seconds: float) -> CopyResult:
         rate = self.received / seconds / (1 << 20) if seconds > 0 else 0.0
@@ -396,7 +412,8 @@ class _Transfer:
                  '%d retries, %d zero bytes left as holes)%s',
                  self.job.description, self.paths.target, self.offset,
                  self.received, seconds, rate, self.retries, self.writer.sparse_bytes,
-                 f', {self.job.checksum.algo} verified' if self.job.checksum else '')
+                 (f', {self.job.checksum.algo} verified' if self.job.checksum else '')
+                 + (', signature verified' if self.job.signature else ''))
         return CopyResult(
             target=self.paths.target, size=self.offset,
             bytes_transferred=self.received,
@@ -404,4 +421,5 @@ class _Transfer:
             restarts_from_zero=self.restarts, retries=self.retries, seconds=seconds,
             checksum=self.job.checksum, sparse_bytes=self.writer.sparse_bytes,
             direct_bytes=self.direct_bytes,
-            throttled_seconds=self.limiter.slept if self.limiter else 0.0)
+            throttled_seconds=self.limiter.slept if self.limiter else 0.0,
+            signature_verified=self.verifier is not None)

@@ -56,3 +56,4 @@ class CopyResult:
     reused_existing: bool = False
     direct_bytes: int = 0       # of the bytes written, those that bypassed the page cache
     throttled_seconds: float = 0.0  # time spent waiting on the bandwidth limit
+    signature_verified: bool = False    # the image's signature held, in the same pass

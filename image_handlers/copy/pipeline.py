@@ -1,11 +1,13 @@
-"""The three-stage pipeline: reader -> hasher -> writer, one thread each.
+"""The pipeline: reader -> hasher(s) -> writer, one thread each.
 
-Socket reads, hashlib updates and os.pwrite on large buffers all release the
-GIL, so the stages overlap on the host's cores: the copy runs at the speed of
-its slowest stage (usually the hash) instead of the sum of the three.
+Socket reads, hashlib updates, signature verifier updates and os.pwrite on large
+buffers all release the GIL, so the stages overlap on the host's cores: the copy
+runs at the speed of its slowest stage (usually a hash) instead of their sum. The
+image hash and the signature's digest are two stages in a row, so a signed image
+is verified in the same pass as it is copied, at the speed of the slower digest.
 
 Large buffers are preallocated once and travel through queues; nothing is
-allocated per chunk. A buffer goes reader -> hasher -> writer -> free pool,
+allocated per chunk. A buffer goes reader -> hasher(s) -> writer -> free pool,
 in order, and nobody touches it between: the bytes written are exactly the
 bytes hashed. Errors travel in-band behind the data read before them, so
 when ``pump`` raises, every byte received was hashed and written and the
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from image_handlers import exceptions
 from image_handlers.copy.buffers import ALIGN, Buffer, BufferPool
@@ -29,11 +31,12 @@ _EOF = object()
 _HALT = None
 
 
-def pump(stream: Stream, pool: BufferPool, hash_: Hash | None, write: Write,
+def pump(stream: Stream, pool: BufferPool, hashes: Sequence[Hash], write: Write,
          cancel: CancelToken, limiter: TokenBucket | None = None,
          description: str = '') -> None:
-    """Read ``stream`` to its end; ``hash_(buffer.view[:n])`` then ``write(buffer,
-    n)`` every buffer, in order. ``write`` runs on the calling thread.
+    """Read ``stream`` to its end; each of ``hashes`` (a stage each, in order) on
+    ``buffer.view[:n]``, then ``write(buffer, n)``, every buffer, in order.
+    ``write`` runs on the calling thread.
 
     A stream starting at an odd byte (a resume) fills its first buffer from as
     far into the buffer's first page as that byte is into its page of the file:
@@ -47,12 +50,12 @@ def pump(stream: Stream, pool: BufferPool, hash_: Hash | None, write: Write,
     threads = [threading.Thread(target=_read, name=f'copy-reader {description}',
                                 args=(stream, free, read_q, step, limiter, cancel,
                                       description), daemon=True)]
-    if hash_ is None:
-        write_q = read_q
-    else:
-        write_q = queue.SimpleQueue()
-        threads.append(threading.Thread(target=_hash, name=f'copy-hasher {description}',
-                                        args=(hash_, read_q, write_q), daemon=True))
+    write_q = read_q
+    for number, hash_ in enumerate(hashes):
+        inp, write_q = write_q, queue.SimpleQueue()
+        threads.append(threading.Thread(target=_hash,
+                                        name=f'copy-hasher{number} {description}',
+                                        args=(hash_, inp, write_q), daemon=True))
     with cancel.aborting(lambda: abort_stream(stream)):
         for thread in threads:
             thread.start()
@@ -101,6 +104,7 @@ def _hash(hash_: Hash, inp: queue.SimpleQueue, out: queue.SimpleQueue) -> None:
         while True:
             item = inp.get()
             if item is _HALT:
+                out.put(_HALT)      # the next stage stops too
                 return
             if item is not _EOF and not isinstance(item, BaseException):
                 buffer, n = item

@@ -73,9 +73,12 @@ class CopyTask:
 
 def copy(source: Source | str, target: str, checksum: Checksum | str | None = None,
          expected_size: int | None = None, options: CopyOptions | None = None,
-         lock_name: str | None = None, description: str | None = None) -> CopyTask:
+         lock_name: str | None = None, description: str | None = None,
+         signature=None) -> CopyTask:
     """Start copying ``source`` (a Source or an http(s) URL) to the file
-    ``target``; return the running task at once.
+    ``target``; return the running task at once. ``signature``: a factory of
+    fresh signature verifiers (trust.signature.BoundSignature.verifier), checked in
+    the same pass as the hash.
 
     Malformed arguments raise BadInput here; everything that happens while
     copying (including an existing target) is raised by ``task.wait()``.
@@ -99,5 +102,6 @@ def copy(source: Source | str, target: str, checksum: Checksum | str | None = No
     job = engine.CopyJob(source=source, target=target, checksum=checksum,
                          expected_size=expected_size, options=options,
                          lock_name=lock_name,
-                         description=description or source.description)
+                         description=description or source.description,
+                         signature=signature)
     return CopyTask(job).start()

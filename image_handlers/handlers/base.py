@@ -19,6 +19,8 @@ from image_handlers.image import ImageInfo
 from image_handlers.locations import Location
 from image_handlers.results import Provided
 from image_handlers.targets import Target
+from image_handlers.trust.expectation import Expectation, expect
+from image_handlers.trust.policy import TrustPolicy
 
 __all__ = ['ANY_VIRT_DRIVER', 'Decision', 'Handler', 'Provided', 'Refused', 'Request']
 
@@ -42,6 +44,13 @@ class Request:
     # Only handlers that copy no bytes may serve it (e.g. a disk Nova's own format
     # checks will never see: a copy of an untrusted qcow2 must not become one).
     zero_copy_only: bool = False
+    # What every path must prove of the bytes (hash, signature): decided once by
+    # the chain (trust.expectation.expect); by default the recorded hash only.
+    expect: Expectation | None = None
+
+    def __post_init__(self) -> None:
+        if self.expect is None:
+            self.expect = expect(self.image, TrustPolicy())
 
 
 @dataclasses.dataclass

@@ -22,13 +22,15 @@ from oslo_log import log as logging
 from image_handlers import conf as ih_conf
 from image_handlers.copy import check_target_path, publish_new
 from image_handlers.handlers.base import Decision, Handler, Refused, Request
-from image_handlers.iscsi import connectors, probe, secrets
+from image_handlers import exceptions
+from image_handlers.iscsi import connectors, probe, reader, secrets
 from image_handlers.iscsi.lun import LunSpec
 from image_handlers.iscsi.verdicts import LunVerdicts
 from image_handlers.locations import IscsiLocation, Location
 from image_handlers.qemu import img
 from image_handlers.results import QCOW2, REMOTE_LUN, Dependency, Provided
 from image_handlers.targets import FILE, FileTarget
+from image_handlers.trust.digest import DigestPass
 
 LOG = logging.getLogger(__name__)
 
@@ -76,7 +78,6 @@ class IscsiCorHandler(Handler):
         self.secrets = {k.strip(): v.strip() for k, v in group.iscsi_chap_secrets.items()}
         self.timeout = group.iscsi_timeout
         self.state_dir = group.state_dir
-        self.allow_unverified = group.allow_unverified_copies
         self.verdicts = LunVerdicts(group.state_dir)
         self.connector = connectors.connector_for(group.iscsi_initiator)
 
@@ -95,10 +96,8 @@ class IscsiCorHandler(Handler):
         if (image.disk_format or 'raw').lower() != 'raw':
             raise Refused(f'disk_format {image.disk_format}: a LUN backs the disk as '
                           f'raw bytes, so only raw images are attached')
-        if image.expected_hash is None and not self.allow_unverified:
-            raise Refused('image has neither os_hash_value nor checksum, so the LUN '
-                          'cannot be verified; set [image_handlers] '
-                          'allow_unverified_copies = true to accept it unverified')
+        expect = request.expect
+        expected = expect.require_checksum()
         if location.portal not in self.portals:
             raise Refused(f'iscsi: portal {location.portal} is not in [image_handlers] '
                           f'iscsi_allowed_portals '
@@ -112,12 +111,17 @@ class IscsiCorHandler(Handler):
         bad = self.verdicts.refused(image.id, identity)
         if bad:
             raise Refused(f'iscsi: {bad}')
-        expected = image.expected_hash
-        verified = expected is not None and self.verdicts.verified(
-            image.id, str(expected), identity)
-        check = ('LUN verified before' if verified else
-                 'the fill job verifies the LUN against '
-                 f'{expected.algo}' if expected else 'NOT verified')
+        verified = ((expected is not None or expect.signature is not None)
+                    and self.verdicts.verified(image.id, expect.key, identity))
+        if verified:
+            check = f'LUN verified before ({expect.describe()})'
+        elif expect.signature is not None:
+            check = (f'the LUN is read once first to verify its {expect.describe()}: '
+                     f'no guest reads a signed image before its signature held')
+        elif expected is not None:
+            check = f'the fill job verifies the LUN against {expected.algo}'
+        else:
+            check = 'NOT verified'
         return Decision(
             f'copy-on-read qcow2 overlay on {spec.url} ({info.size} bytes, serial '
             f'{info.serial or "unknown"}) through {self.connector.name}; {check}',
@@ -136,6 +140,9 @@ class IscsiCorHandler(Handler):
         image = request.image
         spec: LunSpec = decision.plan['spec']
         check_target_path(target.path)
+        if request.expect.signature is not None and not decision.plan['verified']:
+            self._verify_first(request, spec, decision.plan['identity'])
+            decision.plan['verified'] = True
         attachment = self.connector.attach(spec)
         try:
             size = max(image.size, request.size or 0)
@@ -146,8 +153,8 @@ class IscsiCorHandler(Handler):
         except BaseException:
             self.connector.detach(attachment)
             raise
-        expected = image.expected_hash
-        verified = (f'{expected} (LUN verified before)'
+        expect = request.expect
+        verified = (f'{expect.describe()} (LUN verified before the disk was made)'
                     if decision.plan['verified'] else None)
         return Provided(
             method='overlay', bytes_copied=0, disk_format=QCOW2, job=job,
@@ -159,17 +166,20 @@ class IscsiCorHandler(Handler):
             details={'copy_on_read': True, 'backing_file': attachment.backing,
                      'lun_identity': decision.plan['identity'],
                      'verification': ('done' if verified else
-                                      f'pending in job {job}' if expected else 'none')})
+                                      f'pending in job {job}' if expect.checksum
+                                      else 'none')})
 
     def _start_fill(self, request: Request, spec: LunSpec, attachment,
                     decision: Decision) -> str:
         from image_handlers.jobs import runner
         group = self.conf[ih_conf.GROUP]
-        expected = request.image.expected_hash
+        expected = request.expect.checksum
         params = {
             'disk': request.target.path, 'image_id': request.image.id,
             'size': request.image.size, 'identity': decision.plan['identity'],
             'checksum': str(expected) if expected else None,
+            # What a verdict of this LUN must prove (hash, and signature if signed).
+            'verdict_key': request.expect.key,
             'lun': {'portal': spec.portal, 'iqn': spec.iqn, 'lun': spec.lun,
                     'user': spec.user, 'secret_file': spec.secret_file,
                     'secret_ref': spec.secret_ref},
@@ -183,6 +193,26 @@ class IscsiCorHandler(Handler):
         return runner.submit(self.conf, 'lun_fill', params,
                              f'fill {request.target.path} from {spec.url} (image '
                              f'{request.image.id})').id
+
+
+    def _verify_first(self, request: Request, spec: LunSpec, identity: str) -> None:
+        """Read the LUN once at hash speed (read-only, through qemu-nbd) and prove
+        the Expectation before any disk is made of it; record the verdict either
+        way, so later disks of this LUN are O(1) (or refused at once)."""
+        image = request.image
+        digests = DigestPass(request.expect)
+        with reader.served(spec.objects(), spec.image_opts(), read_only=True,
+                           description=spec.url) as h:
+            reader.read_through(h, 0, image.size, digests.feed, None, lambda: False,
+                                lambda done: None, f'verification of {spec.url}',
+                                self.timeout)
+        try:
+            proven = digests.finish(f'LUN {spec.url}')
+        except exceptions.ChecksumMismatch as exc:
+            self.verdicts.record(image.id, request.expect.key, identity, str(exc))
+            raise
+        self.verdicts.record(image.id, request.expect.key, identity)
+        LOG.info('image %s: LUN %s read once: %s', image.id, spec.url, proven)
 
 
 def _portal(value: str) -> str:

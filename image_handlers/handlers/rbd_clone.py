@@ -7,6 +7,12 @@ against the configuration and the image record before anything is cloned:
 fsid, source pool, image name (= Glance image id, as glance_store names it),
 snapshot exists and is protected, size, disk_format, clone depth, target pool and
 target name.
+
+A signed image, on a host that checks signatures, is cloned only from a snapshot
+whose bytes were proven to carry the signature: read once at hash speed (through
+librbd, holes as zeros), the verdict recorded by the snapshot's RBD ids, so later
+clones stay O(1) and a snapshot made again under the same name is read again.
+``rbd_verify_snapshots`` does the same for the recorded hash of every image.
 """
 from __future__ import annotations
 
@@ -24,10 +30,13 @@ from image_handlers.rbd import cluster as rbd_cluster
 from image_handlers.rbd import options as rbd_options
 from image_handlers.results import RAW, RBD_PARENT, Dependency, Provided
 from image_handlers.targets import RBD, RbdTarget
+from image_handlers.trust.digest import DigestPass
+from image_handlers.trust.verdicts import SourceVerdicts
 
 LOG = logging.getLogger(__name__)
 
 RAW_FORMATS = ('raw',)
+VERIFY_BUFFER = 8 << 20
 
 clone_opts = (
     cfg.StrOpt('rbd_target_pool',
@@ -42,6 +51,14 @@ clone_opts = (
     cfg.BoolOpt('rbd_flatten', default=False,
                 help='Flatten every clone (copies all data in the cluster; the disk '
                      'no longer depends on the image).'),
+    cfg.BoolOpt('rbd_verify_snapshots', default=False,
+                help='Verify the recorded hash of every image snapshot before its '
+                     'first clone on this host (read once at hash speed, the '
+                     'verdict kept in state_dir; later clones stay O(1)). Off by '
+                     'default: a protected snapshot cannot change, the location '
+                     'claims prove it is the image\'s own, and Glance hashed it on '
+                     'upload. Signed images are verified whatever this says, when '
+                     'signatures are checked ([glance] verify_glance_signatures).'),
     cfg.ListOpt('rbd_flatten_purposes',
                 default=['unshelve', 'cross_cell_move', 'live_migration'],
                 help='Request purposes for which a clone is flattened, so that a '
@@ -70,6 +87,8 @@ class RbdCloneHandler(Handler):
         self.max_depth = group.rbd_max_clone_depth
         self.flatten_always = group.rbd_flatten
         self.flatten_purposes = set(group.rbd_flatten_purposes)
+        self.verify_snapshots = group.rbd_verify_snapshots
+        self.verdicts = SourceVerdicts(group.state_dir, 'rbd-verdicts')
 
     # -- decide ---------------------------------------------------------------------
 
@@ -117,11 +136,31 @@ class RbdCloneHandler(Handler):
                 f'target {target.display} already exists; image_handlers never '
                 f'overwrites a disk: remove it yourself or choose another name')
         flatten = (self.flatten_always or request.purpose in self.flatten_purposes)
+        verify, check = self._verification(request, snap)
         return Decision(
             f'copy-on-write clone of {where} ({snap.size} bytes, depth {depth}) into '
-            f'{target.display}' + (' then flatten' if flatten else ''),
+            f'{target.display}' + (' then flatten' if flatten else '') + check,
             method='clone+flatten' if flatten else 'clone',
-            plan={'flatten': flatten, 'snap_size': snap.size, 'depth': depth})
+            plan={'flatten': flatten, 'snap_size': snap.size, 'depth': depth,
+                  'verify': verify, 'identity': snap.identity})
+
+    def _verification(self, request: Request,
+                      snap: claims.SnapshotInfo) -> tuple[bool, str]:
+        """(read the snapshot first?, what explain says about it)."""
+        expect = request.expect
+        if expect.signature is None and not self.verify_snapshots:
+            return False, ''
+        if expect.signature is None:
+            expect.require_checksum()
+            if expect.checksum is None:     # allowed unverified: nothing to prove
+                return False, '; NOT verified (no recorded hash)'
+        bad = self.verdicts.refused(request.image.id, snap.identity)
+        if bad:
+            raise Refused(f'rbd: {bad}')
+        if self.verdicts.verified(request.image.id, expect.key, snap.identity):
+            return False, f'; {expect.describe()} verified before (verdict reused)'
+        return True, (f'; the snapshot is read once first to verify its '
+                      f'{expect.describe()} ({snap.size} bytes)')
 
     @staticmethod
     def _exists(cluster: rbd_cluster.Cluster, target: RbdTarget) -> bool:
@@ -143,6 +182,8 @@ class RbdCloneHandler(Handler):
         target: RbdTarget = request.target
         cluster = rbd_cluster.get_cluster(self.settings)
         plan = decision.plan
+        if plan['verify']:
+            self._verify_snapshot(request, location, cluster, plan['identity'])
         with cluster.ioctx(location.pool) as p_ioctx, \
                 cluster.ioctx(target.pool) as c_ioctx:
             try:
@@ -177,7 +218,42 @@ class RbdCloneHandler(Handler):
         return Provided(method=decision.method,
                         bytes_copied=plan['snap_size'] if plan['flatten'] else 0,
                         disk_format=RAW, depends_on=depends,
-                        verified=None,
+                        verified=self._verified(request, plan),
                         details={'parent': parent, 'fsid': cluster.fsid,
                                  'flattened': plan['flatten'],
                                  'clone_depth': plan['depth']})
+
+    def _verified(self, request: Request, plan: dict) -> str | None:
+        expect = request.expect
+        if self.verdicts.verified(request.image.id, expect.key, plan['identity']):
+            return (f'{expect.describe()} (snapshot '
+                    f'{"read now" if plan["verify"] else "verified before"})')
+        return None
+
+    def _verify_snapshot(self, request: Request, location: RbdLocation,
+                         cluster: rbd_cluster.Cluster, identity: str) -> None:
+        """Read the snapshot once, hash and signature in one pass; record the
+        verdict either way (a bad snapshot is refused from then on)."""
+        from image_handlers.copy.rbd_source import RbdSource
+        image = request.image
+        digests = DigestPass(request.expect)
+        source = RbdSource(cluster, location.pool, location.image, location.snapshot)
+        stream = source.open(0)
+        buffer = memoryview(bytearray(VERIFY_BUFFER))
+        try:
+            while True:
+                n = stream.readinto(buffer)
+                if not n:
+                    break
+                digests.feed(buffer[:n])
+        finally:
+            stream.close()
+        where = f'snapshot {location.pool}/{location.image}@{location.snapshot}'
+        try:
+            proven = digests.finish(where)
+        except exceptions.ChecksumMismatch as exc:
+            self.verdicts.record(image.id, request.expect.key, identity, str(exc))
+            raise
+        self.verdicts.record(image.id, request.expect.key, identity)
+        LOG.info('image %s: %s read once (%d bytes, %d read from the cluster): %s',
+                 image.id, where, digests.bytes, source.bytes_read, proven)

@@ -108,7 +108,6 @@ class SharedFsHandler(Handler):
         self.pin_dir = group.shared_fs_pin_dir.replace('{host}', group.host)
         self.state_dir = group.state_dir
         self.host = group.host
-        self.allow_unverified = group.allow_unverified_copies
         self.fill_overlays = group.shared_fs_fill_overlays
         self.verdicts = verdicts.VerdictStore(self.state_dir)
 
@@ -123,18 +122,15 @@ class SharedFsHandler(Handler):
                           'shared_fs_mounts = FS_ID:MOUNTPOINT)')
         if not image.has_data:
             raise Refused(f'image status is {image.status!r}: Glance holds no data')
-        expected = image.expected_hash
-        if expected is None and not self.allow_unverified:
-            raise Refused('image has neither os_hash_value nor checksum, so the '
-                          'shared file cannot be verified; set [image_handlers] '
-                          'allow_unverified_copies = true to accept it unverified')
+        expect = request.expect
+        proves = expect.require_checksum() is not None or expect.signature is not None
         with self._open(request, location) as source:
             method, why = self._choose(request, source, target)
-            verdict = (self.verdicts.lookup(image.id, str(expected), source.identity())
-                       if expected else None)
+            verdict = (self.verdicts.lookup(image.id, expect, source.identity())
+                       if proves else None)
         check = ('verified before: verdict reused' if verdict else
-                 f'the file is verified against {expected.algo} first (reads '
-                 f'{source.size} bytes once)' if expected else 'NOT verified')
+                 f'the file is verified against {expect.describe()} first (reads '
+                 f'{source.size} bytes once)' if proves else 'NOT verified')
         return Decision(f'{method} of {source.path} to {target.path}: {why}; {check}',
                         method=method)
 
@@ -225,20 +221,20 @@ class SharedFsHandler(Handler):
         """The image hash holds for this file: a verdict, or a hash now (recorded).
         ``ctime_ours``: we just linked or chmod'ed it (its ctime moved, not its
         data), so a verdict valid before is carried over instead of hashing again."""
-        expected = request.image.expected_hash
-        if expected is None:
+        expected = request.expect
+        if expected.checksum is None and expected.signature is None:
             LOG.warning('image %s: %s used unverified (no recorded hash; '
                         'allow_unverified_copies)', request.image.id, source.path)
             return None
         if ctime_ours:
-            before = self.verdicts.lookup(request.image.id, str(expected),
+            before = self.verdicts.lookup(request.image.id, expected,
                                           source.identity())
             if before is not None and self.verdicts.carry_over(
                     request.image.id, before, paths.identity_of(os.fstat(source.fd))):
                 return f'{before.checksum} (verdict reused)'
         try:
             verdict, reused = verdicts.verified(
-                self.verdicts, source.fd, request.image.id, source.size, str(expected),
+                self.verdicts, source.fd, request.image.id, source.size, expected,
                 description=f'image {request.image.id} file {source.path}',
                 ctime_ours=ctime_ours)
         except GateRefused as refused:

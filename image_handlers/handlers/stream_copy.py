@@ -65,7 +65,6 @@ class StreamCopyHandler(Handler):
         group = conf[ih_conf.GROUP]
         self.allowed_hosts = {h.strip().lower() for h in group.http_location_allowed_hosts
                               if h.strip()}
-        self.allow_unverified = group.allow_unverified_copies
         self.glance_api_weight = group.glance_api_weight
         self.rbd_clusters = claims.KnownClusters.from_conf(conf)
         self.rbd_source_pools = set(group.rbd_allowed_source_pools)
@@ -89,12 +88,8 @@ class StreamCopyHandler(Handler):
             raise Refused(
                 f'the target is to be a qcow2 disk, and a copy gives the image\'s own '
                 f'{image_format} bytes')
-        expected = image.expected_hash
-        if expected is None and not self.allow_unverified:
-            raise Refused(
-                'image has neither os_hash_value nor checksum, so a copy cannot be '
-                'verified; set [image_handlers] allow_unverified_copies = true to '
-                'accept unverified copies')
+        expect = request.expect
+        expected = expect.require_checksum()
         if isinstance(location, HttpLocation):
             if not self._host_allowed(location):
                 raise Refused(
@@ -102,7 +97,8 @@ class StreamCopyHandler(Handler):
                     f'[image_handlers] http_location_allowed_hosts (a location is a '
                     f'claim; add the host there to read it directly)')
         size = f'{image.size} bytes' if image.size is not None else 'unknown size'
-        check = f'verified against {expected.algo}' if expected else 'NOT verified'
+        check = (f'verified against {expect.describe()} while copying'
+                 if expected or expect.signature else 'NOT verified')
         if isinstance(location, RbdLocation):
             return self._decide_rbd(request, location, size, check)
         return Decision(f'full copy of {size} from {location.display}, {check}',
@@ -133,11 +129,11 @@ class StreamCopyHandler(Handler):
             headers = (request.glance_auth_headers
                        if isinstance(location, GlanceApiLocation) else None)
             source = copy_engine.HttpSource(location.url, headers=headers)
-        expected = image.expected_hash
-        checksum = (copy_engine.Checksum(expected.algo, expected.hexdigest)
-                    if expected else None)
+        signature = request.expect.signature
         task = copy_engine.copy(
-            source, request.target.path, checksum=checksum, expected_size=image.size,
+            source, request.target.path, checksum=request.expect.require_checksum(),
+            expected_size=image.size,
+            signature=signature.verifier if signature else None,
             options=copy_options(self.conf[ih_conf.GROUP]),
             lock_name=f'image-{image.id}',
             description=f'image {image.id} from {location.display}')

@@ -68,8 +68,9 @@ class LunFill(JobKind):
         disk, size = p['disk'], int(p['size'])
         checksum = Checksum.parse(p['checksum']) if p.get('checksum') else None
         verdicts = LunVerdicts(state_dir)
+        key = p.get('verdict_key') or (str(checksum) if checksum else None)
         verify = checksum is not None and not verdicts.verified(
-            p['image_id'], str(checksum), p['identity'])
+            p['image_id'], key, p['identity'])
         hasher = checksum.new() if verify else None
         sink = hasher.update if hasher else (lambda data: None)
         bandwidth = int(p.get('bandwidth_limit', group.bandwidth_limit) or 0)

@@ -23,6 +23,14 @@ backing-file and data-file refusal and raw conversion then run on it as before.
 
 Both do nothing unless ``[image_handlers] nova_integration`` is on. A fallback to
 Nova's own path is logged at WARNING with every reason, never silently.
+
+Signatures hold on every path: with ``[glance] verify_glance_signatures`` or an
+instance's trusted certificates, every handler proves the image's signature
+(a copy in the same pass as its hash, a clone or shared file once per source
+identity), reading the certificate with the request's context as Nova does. An
+image no path could trust (unsigned, certificate missing or untrusted, unknown
+hash algorithm, no hash at all) is ImageUnacceptable: it is never handed to a
+Nova path instead.
 """
 from __future__ import annotations
 
@@ -120,7 +128,8 @@ def zero_copy_first(backend, fetch_func: FetchFunc, context, image_id: str,
     def fetch(context, target: str, image_id: str, trusted_certs=None) -> None:
         """Nova's fetch function signature; ``target`` is the _base file Nova
         imports when the disk does not exist afterwards."""
-        if _provide(context, image_id, disk, purpose, size) is not None:
+        if _provide(context, image_id, disk, purpose, size,
+                    trusted_certs=trusted_certs) is not None:
             return
         if CONF.workarounds.never_download_image_if_on_rbd:
             raise nova_exception.ImageUnacceptable(
@@ -143,12 +152,10 @@ def provide_disk(backend, context, image_id: str, instance, size: int | None) ->
     zero-copy handlers may: a copied qcow2 would skip Nova's format checks."""
     if not enabled() or not isinstance(backend, imagebackend.Qcow2) or backend.exists():
         return False
-    if CONF.glance.verify_glance_signatures or instance.trusted_certs:
-        return False            # signatures are checked on Nova's download only
     target = FileTarget(kind=FILE, path=backend.path, disk_format='qcow2')
     os.makedirs(os.path.dirname(backend.path), exist_ok=True)
     result = _provide(context, image_id, target, purpose_of(instance), size,
-                      zero_copy_only=True)
+                      zero_copy_only=True, trusted_certs=instance.trusted_certs)
     if result is None:
         return False
     LOG.info('image %s: instance disk %s made by %s (%s); %s', image_id,
@@ -213,36 +220,32 @@ def download(context, image_href: str, path: str, trusted_certs=None) -> bool:
     if not enabled():
         return False
     image_id = image_href.rstrip('/').rsplit('/', 1)[-1]
-    if trusted_certs or CONF.glance.verify_glance_signatures:
-        LOG.warning('image %s: Nova downloads it itself: image signature '
-                    'verification was asked for (trusted certificates or [glance] '
-                    'verify_glance_signatures), and only Nova\'s download checks '
-                    'signatures', image_id)
-        return False
     # fetch_to_raw renames PATH (``<_base file>.part``) once its checks pass.
     final = path[:-len('.part')] if path.endswith('.part') else None
     return _provide(context, image_id, FileTarget(kind=FILE, path=path,
                                                   final_path=final, regular_file=True),
-                    'spawn', None, require_hash=True) is not None
+                    'spawn', None, require_hash=True,
+                    trusted_certs=trusted_certs) is not None
 
 
 def _provide(context, image_id: str, target, purpose: str, size: int | None,
-             require_hash: bool = False, zero_copy_only: bool = False
-             ) -> FetchResult | None:
-    """The chain's result, or None when no handler could (reasons logged)."""
+             require_hash: bool = False, zero_copy_only: bool = False,
+             trusted_certs=None) -> FetchResult | None:
+    """The chain's result, or None when no handler could (reasons logged).
+    ImageUnacceptable when no path could trust the image (nor may Nova's)."""
     handlers = chain()
     try:
-        request = handlers.request(image_id, target, purpose, size,
-                                   source=NovaImageSource(context),
-                                   zero_copy_only=zero_copy_only)
-        if (require_hash and request.image.expected_hash is None
-                and not CONF[ih_conf.GROUP].allow_unverified_copies):
+        request = handlers.request(
+            image_id, target, purpose, size, source=NovaImageSource(context),
+            zero_copy_only=zero_copy_only,
+            trusted_certs=list(trusted_certs.ids) if trusted_certs else None)
+        if require_hash and request.expect.unverifiable:
             raise nova_exception.ImageUnacceptable(
-                image_id=image_id,
-                reason='it has neither os_hash_value nor checksum, so no copy of it '
-                       'can be verified, and [image_handlers] allow_unverified_copies '
-                       'is off')
+                image_id=image_id, reason=request.expect.unverifiable)
         return handlers.fetch(request)
+    except exceptions.Untrusted as exc:
+        LOG.error('image %s: refused on every path: %s', image_id, exc)
+        raise nova_exception.ImageUnacceptable(image_id=image_id, reason=str(exc))
     except exceptions.NoHandlerAvailable:
         return None         # the chain logged every reason already
     except exceptions.BadInput as exc:

@@ -8,6 +8,7 @@ nova.conf, which inside Nova carries no credentials of its own.
 from __future__ import annotations
 
 from nova.image import glance as nova_glance
+from nova import service_auth
 
 from image_handlers.glance import image_info
 from image_handlers.image import ImageInfo
@@ -37,5 +38,13 @@ class NovaImageSource:
         return image_info(image_id, record, api_note=_NO_LOCATIONS_API)
 
     def auth_headers(self) -> dict[str, str]:
-        session, auth = nova_glance._session_and_auth(self.context)
+        """The user's token, and the service token as [service_user] says: the
+        same public calls Nova's Glance client is built from."""
+        session = service_auth.get_service_auth_session('glance')
+        auth = service_auth.get_service_user_token_auth_plugin(self.context)
         return dict(session.get_auth_headers(auth=auth) or {})
+
+    def key_manager_context(self):
+        """The request context: castellan reads the user's certificates with it,
+        as Nova's own signature check does."""
+        return self.context

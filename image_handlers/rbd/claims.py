@@ -40,6 +40,9 @@ class SnapshotInfo:
     size: int
     protected: bool
     ancestors: int      # parents standing above the image (0: not a clone)
+    # RBD's own ids of the image and the snapshot: a snapshot deleted and made
+    # again under the same name (or an image re-created) has new ones.
+    identity: str = ''
 
 
 def inspect_snapshot(cluster: rbd_cluster.Cluster, location: RbdLocation,
@@ -59,13 +62,17 @@ def inspect_snapshot(cluster: rbd_cluster.Cluster, location: RbdLocation,
                 raise Refused(f'rbd: image {where} does not exist in cluster '
                               f'{cluster.fsid}')
             with contextlib.closing(img):
-                if location.snapshot not in {s['name'] for s in img.list_snaps()}:
+                snaps = {s['name']: s for s in img.list_snaps()}
+                if location.snapshot not in snaps:
                     raise Refused(f'rbd: snapshot {where}@{location.snapshot} does '
                                   f'not exist in cluster {cluster.fsid}')
+                identity = (f'{cluster.fsid}/{location.pool}/{img.id()}@'
+                            f'{snaps[location.snapshot]["id"]}')
                 protected = img.is_protected_snap(location.snapshot)
                 img.set_snap(location.snapshot)
                 info = SnapshotInfo(
                     size=img.size(), protected=protected,
+                    identity=f'{identity}:{img.size()}',
                     ancestors=(_count_ancestors(cluster, img, max_ancestors + 1)
                                if max_ancestors else 0))
     except rbd.Error as exc:

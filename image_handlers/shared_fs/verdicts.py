@@ -2,8 +2,10 @@
 
 Hashing a 10 GiB image costs what a zero-copy handler exists to avoid, every
 boot. A verdict records that the file with identity (st_dev, st_ino, size,
-mtime_ns, ctime_ns) hashed to the image's ``algo:hexdigest``; a later boot whose
-file has the same identity reuses it. Any change in place -- a write (mtime,
+mtime_ns, ctime_ns) hashed to the image's ``algo:hexdigest`` (and, for a signed
+image on a host that checks signatures, carried its signature: the verdict's
+``checksum`` is then the Expectation's key, hash and signature together); a later
+boot whose file has the same identity reuses it. Any change in place -- a write (mtime,
 ctime), a truncate (size), a replacement (inode), even ``touch -d`` to restore
 the mtime (ctime) -- misses, and the file is hashed again. NFS and GlusterFS can
 give a share another st_dev after a remount: a miss too, in the safe direction.
@@ -17,8 +19,10 @@ timestamps a write in the same clock tick after the hash leaves mtime and ctime
 as they were. The price is one more hash for an image booted right after upload.
 
 Verdicts live in ``<state_dir>/verdicts/<image_id>.json`` (host-local, mode 0600,
-written by tmp + fsync + rename). A file that does not parse, or that another
-user could have written, is ignored with a warning: the image is verified again.
+written by tmp + fsync + rename, sealed with the host's verdict key:
+trust.verdicts). A file that does not parse or unseal (edited by hand), or that
+another user could have written, is ignored with a warning: the image is
+verified again.
 """
 from __future__ import annotations
 
@@ -30,14 +34,17 @@ import time
 
 from oslo_log import log as logging
 
-from image_handlers import exceptions, statefile
+from image_handlers import exceptions
 from image_handlers.copy.buffers import BufferPool
 from image_handlers.copy.cancel import CancelToken
 from image_handlers.copy.checksum import Checksum
-from image_handlers.copy.engine import _hash_fd
+from image_handlers.copy.engine import read_fd
 from image_handlers.shared_fs.errors import Refused
 from image_handlers.shared_fs.names import file_name_of
 from image_handlers.shared_fs.paths import identity_of
+from image_handlers.trust.digest import DigestPass
+from image_handlers.trust import verdicts as sealed
+from image_handlers.trust.expectation import Expectation
 
 LOG = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ _FIELDS = ('st_dev', 'st_ino', 'size', 'mtime_ns', 'ctime_ns')
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     image_id: str
-    checksum: str           # 'algo:hexdigest'
+    checksum: str           # what was proven: 'algo:hexdigest' (Expectation.key)
     st_dev: int
     st_ino: int
     size: int
@@ -80,10 +87,7 @@ class Verdict:
         checksum = entry.get('checksum')
         if not isinstance(checksum, str):
             raise ValueError(f'checksum is {checksum!r}')
-        try:
-            checksum = str(Checksum.parse(checksum))
-        except exceptions.BadInput as exc:
-            raise ValueError(str(exc)) from None
+        checksum = _claim(checksum)
         verified_at = entry.get('verified_at', 0)
         if not isinstance(verified_at, (int, float)) or isinstance(verified_at, bool):
             raise ValueError(f'verified_at is {verified_at!r}')
@@ -104,7 +108,8 @@ class VerdictStore:
 
     def __init__(self, state_dir: str | os.PathLike,
                  racy_seconds: float = RACY_SECONDS) -> None:
-        self.directory = os.path.join(os.path.abspath(os.fspath(state_dir)), 'verdicts')
+        self.state_dir = os.path.abspath(os.fspath(state_dir))
+        self.directory = os.path.join(self.state_dir, 'verdicts')
         self.racy_seconds = racy_seconds
 
     def path(self, image_id: str) -> str:
@@ -114,8 +119,7 @@ class VerdictStore:
     def lookup(self, image_id: str, expected: Checksum | str,
                identity: Identity) -> Verdict | None:
         """The verdict for this image, hash and file identity, or None (verify)."""
-        expected = str(expected if isinstance(expected, Checksum)
-                       else Checksum.parse(expected))
+        expected = _claim(expected)
         for verdict in self._load(image_id):
             if verdict.checksum != expected:
                 continue
@@ -134,12 +138,12 @@ class VerdictStore:
                          _difference(verdict.identity(), identity))
         return None
 
-    def record(self, image_id: str, checksum: Checksum | str,
+    def record(self, image_id: str, checksum: 'Expectation | Checksum | str',
                identity: Identity, ctime_ours: bool = False) -> Verdict:
-        """Record that the file with ``identity`` hashed to ``checksum``;
-        ``ctime_ours``: its last ctime move was our own link/chmod (see Verdict)."""
-        checksum = str(checksum if isinstance(checksum, Checksum)
-                       else Checksum.parse(checksum))
+        """Record that the file with ``identity`` met ``checksum`` (a checksum or
+        an Expectation); ``ctime_ours``: its last ctime move was our own
+        link/chmod (see Verdict)."""
+        checksum = _claim(checksum)
         dev, ino, size, mtime_ns, ctime_ns = (int(v) for v in identity)
         verdict = Verdict(image_id=file_name_of(image_id, 'a state file'),
                           checksum=checksum,
@@ -179,28 +183,10 @@ class VerdictStore:
     def _load(self, image_id: str) -> list[Verdict]:
         path = self.path(image_id)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            LOG.warning('ignoring verdict file %s (%s): image %s will be verified '
-                        'again', path, exc.strerror, image_id)
-            return []
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return self._ignore(path, image_id, 'not a regular file')
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-                return self._ignore(path, image_id, f'owned by uid {st.st_uid} with '
-                                    f'mode {st.st_mode & 0o777:o}: another user '
-                                    f'could have written it')
-            with os.fdopen(os.dup(fd), 'rb') as f:
-                raw = f.read(1 << 20)
-        finally:
-            os.close(fd)
-        try:
-            doc = json.loads(raw)
-            if not isinstance(doc, dict) or doc.get('version') != FORMAT_VERSION:
+            doc = sealed.read_sealed(path, self.state_dir)
+            if doc is None:
+                return []
+            if doc.get('version') != FORMAT_VERSION:
                 raise ValueError(f'not a version {FORMAT_VERSION} verdict file')
             if doc.get('image_id') != image_id:
                 raise ValueError(f'it is about image {doc.get("image_id")!r}')
@@ -209,7 +195,7 @@ class VerdictStore:
                 raise ValueError('"verdicts" is not a list')
             return [Verdict.from_json(image_id, e) for e in entries]
         except (ValueError, TypeError) as exc:
-            return self._ignore(path, image_id, f'does not parse: {exc}')
+            return self._ignore(path, image_id, str(exc))
 
     @staticmethod
     def _ignore(path: str, image_id: str, why: str) -> list[Verdict]:
@@ -218,25 +204,51 @@ class VerdictStore:
         return []
 
     def _write(self, image_id: str, doc: dict) -> None:
-        statefile.write_json(self.path(image_id), doc)
+        sealed.write_sealed(self.path(image_id), doc, self.state_dir)
+
+
+def _claim(expected: 'Expectation | Checksum | str') -> str:
+    """The string a verdict proves: an Expectation's key, or a checksum's
+    ``algo:hexdigest`` (normalised); ValueError when it is neither."""
+    if isinstance(expected, Expectation):
+        return expected.key
+    if isinstance(expected, Checksum):
+        return str(expected)
+    first, sep, rest = str(expected).partition('|')
+    try:
+        checksum = 'no-hash' if first == 'no-hash' and sep else str(Checksum.parse(first))
+    except exceptions.BadInput as exc:
+        raise ValueError(str(exc)) from None
+    if sep and not rest.startswith('sig:'):
+        raise ValueError(f'{expected!r} is neither a checksum nor a verdict key')
+    return checksum + sep + rest
+
+
+def _expectation(expected: 'Expectation | Checksum | str',
+                 description: str) -> Expectation:
+    if isinstance(expected, Expectation):
+        return expected
+    try:
+        checksum = expected if isinstance(expected, Checksum) else Checksum.parse(expected)
+    except exceptions.BadInput as exc:
+        raise Refused(f'{description}: cannot verify: {exc}') from None
+    return Expectation(image_id=description, checksum=checksum)
 
 
 def _difference(old: Identity, new: Identity) -> str:
     return ', '.join(f'{n} {a} -> {b}' for n, a, b in zip(_FIELDS, old, new) if a != b)
 
 
-def verify_file(fd: int, size: int, checksum: Checksum | str,
+def verify_file(fd: int, size: int, checksum: 'Expectation | Checksum | str',
                 cancel: CancelToken | None = None, description: str | None = None,
                 buffer_size: int = HASH_BUFFER) -> Identity:
-    """Hash the open file (pread: its offset is untouched) and return the
+    """Read the open file once (pread: its offset is untouched), proving the
+    Expectation (or checksum): hash and signature in the same pass; return the
     identity it had throughout. Refused when its size is not ``size``, it does
-    not hash to ``checksum``, it cannot be read, or it changed while hashed.
-    CopyCancelled when ``cancel`` is set meanwhile."""
+    not hash to the image's hash or carry its signature, it cannot be read, or it
+    changed while read. CopyCancelled when ``cancel`` is set meanwhile."""
     description = description or f'fd {fd}'
-    try:
-        expected = checksum if isinstance(checksum, Checksum) else Checksum.parse(checksum)
-    except exceptions.BadInput as exc:
-        raise Refused(f'{description}: cannot verify: {exc}') from None
+    expected = _expectation(checksum, description)
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
@@ -247,8 +259,9 @@ def verify_file(fd: int, size: int, checksum: Checksum | str,
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except OSError:
             pass
-        actual = _hash_fd(fd, size, expected.new(), BufferPool.create(1, buffer_size),
-                          cancel or CancelToken(), description)
+        digests = DigestPass(expected)
+        _read_all(fd, size, digests, BufferPool.create(1, buffer_size),
+                  cancel or CancelToken(), description)
         after = os.fstat(fd)
     except OSError as exc:
         raise Refused(f'{description} cannot be read to verify it: '
@@ -257,23 +270,26 @@ def verify_file(fd: int, size: int, checksum: Checksum | str,
         raise Refused(f'{description} changed while it was hashed '
                       f'({_difference(identity_of(before), identity_of(after))}): '
                       f'something writes the image file')
-    if actual != expected.hexdigest:
-        raise Refused(f'{description}: its {expected.algo} is {actual} where the '
-                      f'image has {expected.hexdigest}: not the image\'s data')
+    try:
+        digests.finish(description)
+    except exceptions.ChecksumMismatch as exc:
+        raise Refused(str(exc)) from None
     return identity_of(before)
 
 
+def _read_all(fd: int, size: int, digests: DigestPass, pool: BufferPool,
+              cancel: CancelToken, description: str) -> None:
+    read_fd(fd, size, [digests.feed], pool, cancel, description)
+
+
 def verified(store: VerdictStore, fd: int, image_id: str, size: int,
-             checksum: Checksum | str, cancel: CancelToken | None = None,
+             checksum: 'Expectation | Checksum | str', cancel: CancelToken | None = None,
              description: str | None = None,
              ctime_ours: bool = False) -> tuple[Verdict, bool]:
     """(verdict, reused): the recorded verdict for the file as it is now, or a
-    fresh hash recorded (``ctime_ours``: the caller just linked or chmod'ed it).
-    Refused as verify_file."""
-    try:
-        expected = checksum if isinstance(checksum, Checksum) else Checksum.parse(checksum)
-    except exceptions.BadInput as exc:
-        raise Refused(f'image {image_id}: cannot verify: {exc}') from None
+    fresh verification recorded (``ctime_ours``: the caller just linked or
+    chmod'ed it). Refused as verify_file."""
+    expected = _expectation(checksum, f'image {image_id}')
     found = store.lookup(image_id, expected, identity_of(os.fstat(fd)))
     if found is not None:
         return found, True

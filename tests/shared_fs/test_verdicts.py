@@ -16,6 +16,7 @@ from image_handlers.copy.cancel import CancelToken
 from image_handlers.shared_fs import verdicts
 from image_handlers.shared_fs.errors import Refused
 from image_handlers.shared_fs.paths import identity_of
+from image_handlers.trust import verdicts as sealed
 
 DATA = random.Random(11).randbytes(300_001)
 SHA512 = 'sha512:' + hashlib.sha512(DATA).hexdigest()
@@ -36,6 +37,17 @@ def store(tmp_path):
     return verdicts.VerdictStore(tmp_path / 'state', racy_seconds=0)
 
 
+def read_doc(store, image_id):
+    """The verdict document, unsealed (as the store reads it)."""
+    return sealed.read_sealed(store.path(image_id), store.state_dir)
+
+
+def write_doc(store, image_id, doc):
+    """Write ``doc`` sealed with the host key: an edit the seal cannot catch
+    (it reaches the strict parser)."""
+    sealed.write_sealed(store.path(image_id), doc, store.state_dir)
+
+
 def now(fd):
     return identity_of(os.fstat(fd))
 
@@ -50,7 +62,7 @@ def test_record_then_lookup(store, image):
     assert os.stat(store.path(image_id)).st_mode & 0o777 == 0o600
     assert os.stat(store.directory).st_mode & 0o777 == 0o700
     assert store.path(image_id) == os.path.join(store.directory, f'{image_id}.json')
-    doc = json.loads(open(store.path(image_id)).read())
+    doc = read_doc(store, image_id)
     assert doc['image_id'] == image_id and doc['verdicts'][0]['checksum'] == SHA512
     assert [n for n in os.listdir(store.directory)] == [f'{image_id}.json']
 
@@ -121,22 +133,35 @@ def test_hand_edited_verdict_file_is_ignored_and_reverified(store, image, caplog
 def test_malformed_edits_are_ignored(store, image, edit, caplog):
     _, fd = image
     store.record('img', SHA512, now(fd))
-    doc = json.loads(open(store.path('img')).read())
+    doc = read_doc(store, 'img')
     edit(doc)
-    with open(store.path('img'), 'w') as f:
-        json.dump(doc, f)
+    write_doc(store, 'img', doc)
     with caplog.at_level(logging.WARNING):
         assert store.lookup('img', SHA512, now(fd)) is None
     assert 'ignoring verdict file' in caplog.text
 
 
+def test_an_edit_without_the_host_key_does_not_unseal(store, image, caplog):
+    """Hand-edited to claim the file as it is now: the seal catches it."""
+    _, fd = image
+    store.record('img', SHA512, now(fd))
+    sealed_doc = json.loads(open(store.path('img')).read())
+    body = json.loads(sealed_doc['body'])
+    body['verdicts'][0]['checksum'] = 'sha512:' + 'ab' * 64
+    sealed_doc['body'] = json.dumps(body, sort_keys=True, separators=(',', ':'))
+    with open(store.path('img'), 'w') as f:
+        json.dump(sealed_doc, f)
+    with caplog.at_level(logging.WARNING):
+        assert store.lookup('img', 'sha512:' + 'ab' * 64, now(fd)) is None
+    assert 'seal does not match' in caplog.text
+
+
 def test_edit_claiming_another_identity_misses(store, image):
     _, fd = image
     store.record('img', SHA512, now(fd))
-    doc = json.loads(open(store.path('img')).read())
+    doc = read_doc(store, 'img')
     doc['verdicts'][0]['mtime_ns'] += 1
-    with open(store.path('img'), 'w') as f:
-        json.dump(doc, f)
+    write_doc(store, 'img', doc)
     assert store.lookup('img', SHA512, now(fd)) is None
 
 
@@ -162,11 +187,11 @@ def test_one_verdict_per_file_and_a_bounded_list(store, image):
     dev, ino, size, m, c = now(fd)
     store.record('img', SHA512, (dev, ino, size, m, c))
     store.record('img', SHA512, (dev, ino, size, m + 1, c + 1))
-    doc = json.loads(open(store.path('img')).read())
+    doc = read_doc(store, 'img')
     assert len(doc['verdicts']) == 1 and doc['verdicts'][0]['mtime_ns'] == m + 1
     for i in range(verdicts.MAX_VERDICTS + 3):
         store.record('img', SHA512, (dev, ino + 1 + i, size, m, c))
-    doc = json.loads(open(store.path('img')).read())
+    doc = read_doc(store, 'img')
     assert len(doc['verdicts']) == verdicts.MAX_VERDICTS
 
 
@@ -206,13 +231,13 @@ def test_verify_file_wrong_size_and_bad_checksum(image):
 
 def test_verify_file_changed_while_hashed(image, monkeypatch):
     path, fd = image
-    real_hash = verdicts._hash_fd
+    real_read = verdicts._read_all
 
-    def hash_while_someone_writes(fd, length, hasher, pool, cancel, description):
+    def read_while_someone_writes(fd, length, digests, pool, cancel, description):
         with open(path, 'r+b') as f:
             f.write(b'Z')
-        return real_hash(fd, length, hasher, pool, cancel, description)
-    monkeypatch.setattr(verdicts, '_hash_fd', hash_while_someone_writes)
+        return real_read(fd, length, digests, pool, cancel, description)
+    monkeypatch.setattr(verdicts, '_read_all', read_while_someone_writes)
     with pytest.raises(Refused) as err:
         verdicts.verify_file(fd, len(DATA), SHA512, description='the file')
     assert 'changed while it was hashed' in err.value.reason
@@ -266,8 +291,7 @@ def test_a_verdict_recorded_right_after_a_change_is_not_reused(tmp_path, image):
     assert not reused
     assert not verdicts.verified(store, fd, 'img', len(DATA), SHA512)[1]
     # the same verdict, as if recorded long after the file's last change
-    doc = json.loads(open(store.path('img')).read())
+    doc = read_doc(store, 'img')
     doc['verdicts'][0]['verified_at'] += verdicts.RACY_SECONDS
-    with open(store.path('img'), 'w') as f:
-        json.dump(doc, f)
+    write_doc(store, 'img', doc)
     assert verdicts.verified(store, fd, 'img', len(DATA), SHA512)[1]

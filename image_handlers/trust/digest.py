@@ -1,0 +1,58 @@
+"""One pass over an image's bytes that proves an Expectation: the image hash and
+the signature verifier are fed the same buffers, each on a thread of its own
+(hashlib and cryptography both release the GIL), so the pass runs at the speed of
+the slower of the two, not their sum."""
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+
+from image_handlers import exceptions
+from image_handlers.trust import signature as signatures
+from image_handlers.trust.expectation import Expectation
+
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4,
+                                              thread_name_prefix='signature')
+
+
+class DigestPass:
+    def __init__(self, expectation: Expectation) -> None:
+        self.expectation = expectation
+        self.hasher = expectation.checksum.new() if expectation.checksum else None
+        self.verifier = (expectation.signature.verifier()
+                         if expectation.signature else None)
+        self.bytes = 0
+
+    @property
+    def updates(self) -> list[Callable[[memoryview], None]]:
+        """The update functions, one per digest (a pipeline gives each a stage)."""
+        return [u.update for u in (self.hasher, self.verifier) if u is not None]
+
+    def feed(self, view: memoryview) -> None:
+        """Both digests of ``view``, concurrently; returns when both are done."""
+        self.bytes += len(view)
+        if self.hasher is not None and self.verifier is not None:
+            pending = _POOL.submit(self.verifier.update, view)
+            try:
+                self.hasher.update(view)
+            finally:
+                pending.result()
+        elif self.hasher is not None:
+            self.hasher.update(view)
+        elif self.verifier is not None:
+            self.verifier.update(view)
+
+    def finish(self, where: str) -> str:
+        """ChecksumMismatch or SignatureMismatch unless the bytes fed are the
+        image's; else what was proven (for results and logs)."""
+        expected = self.expectation.checksum
+        if self.hasher is not None:
+            actual = self.hasher.hexdigest()
+            if actual != expected.hexdigest:
+                raise exceptions.ChecksumMismatch(
+                    f'image {self.expectation.image_id}: {where} has '
+                    f'{expected.algo} {actual}, the image {expected.hexdigest}: not '
+                    f'the image\'s data')
+        if self.verifier is not None:
+            signatures.check(self.verifier, f'image {self.expectation.image_id}: {where}')
+        return self.expectation.describe() + ' verified'
