@@ -291,9 +291,13 @@ def barbican_lab(keystone_lab):
 
 
 @pytest.fixture(scope='session')
-def glance_ks_lab(keystone_lab):
-    """Glance 'glance-ks' behind keystone_lab's auth_token, in its catalog as image;
+def glance_ks_lab(keystone_lab, ceph_lab, xfs_lab):
+    """Glance 'glance-ks' behind keystone_lab's auth_token, in its catalog as image,
+    with the rbd store "ceph" and a file store "xfs" (datadir images-ks on xfs_lab);
     clients: ``.keystone_client(user, project)``."""
-    svc = GlanceService(name='glance-ks', keystone=keystone_lab).start()
+    stores = {'xfs': (xfs_lab.mountpoint / 'images-ks',
+                      {'id': FS_IDS['xfs'], 'mountpoint': str(xfs_lab.mountpoint)})}
+    svc = GlanceService(name='glance-ks', keystone=keystone_lab, ceph=ceph_lab,
+                        file_stores=stores).start()
     yield svc
     svc.stop()

@@ -197,12 +197,22 @@ def test_nova_format_checks_still_run_on_what_the_chain_wrote(
     assert not os.path.exists(_base_file(image_id) + '.part')
 
 
-def test_signature_verification_leaves_the_download_to_nova(nova_env, context,
-                                                            caplog, tmp_path):
+def test_signatures_required_refuse_an_unsigned_image_on_every_path(
+        nova_env, make_image, instance, create_root_disk, rbd_admin, context,
+        tmp_path, caplog):
+    """verify_glance_signatures on, an unsigned image: refused by the chain with
+    the reason, and never handed to Nova's own clone or download instead."""
+    data = image_bytes(4 * MiB, seed=39)
+    image_id = make_image(data, backend='ceph')
     nova_env(glance={'verify_glance_signatures': True})
     caplog.set_level(logging.INFO)
-    assert hooks.download(context, 'any-image', str(tmp_path / 'x.part')) is False
-    assert 'only Nova\'s download checks signatures' in caplog.text
+    before = _vms(rbd_admin)
+    with pytest.raises(nova_exception.ImageUnacceptable) as err:
+        create_root_disk(instance(image_id), image_id)
+    assert 'is not signed' in str(err.value)
+    assert _vms(rbd_admin) == before
+    with pytest.raises(nova_exception.ImageUnacceptable):
+        hooks.download(context, image_id, str(tmp_path / 'x.part'))
     assert not os.path.exists(tmp_path / 'x.part')
 
 
