@@ -11,9 +11,9 @@ import pytest
 
 # The lab fixtures (real Ceph, real Glance, nginx) are shared with the functional tests.
 from tests.functional.conftest import (  # noqa: F401
-    FS_IDS, btrfs_lab, ceph_lab, ext4_lab, glance, glance_fs, glance_fs_lab,
-    glance_lab, gluster_lab, http_image, make_image, nginx_lab, rbd_admin,
-    set_locations, xfs_lab)
+    FS_IDS, barbican_lab, btrfs_lab, ceph_lab, ext4_lab, glance, glance_fs,
+    glance_fs_lab, glance_ks_lab, glance_lab, gluster_lab, http_image, keystone_lab,
+    make_image, nginx_lab, rbd_admin, set_locations, xfs_lab)
 from tools.lab import nova_env as lab_nova
 
 CONF = lab_nova.CONF

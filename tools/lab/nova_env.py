@@ -49,6 +49,45 @@ def lab_overrides(instances_path: str, glance_endpoint: str, ceph_conf: str,
     }
 
 
+def keystone_overrides(keystone, instances_path: str, ceph_conf: str,
+                       state_dir: str) -> Overrides:
+    """nova.conf for a Nova in the lab's Keystone cloud, as devstack writes it
+    (tools.lab.keystone.nova_conf_keystone_dict: [glance] and [service_user]
+    password auth as nova, no endpoint_override, [key_manager] barbican), with
+    RBD disks in pool vms and the chain on. The password plugin's options are
+    registered first: keystoneauth registers them only when it loads the plugin."""
+    from keystoneauth1 import loading as ks_loading
+    from tools.lab.keystone import nova_conf_keystone_dict
+    overrides: Overrides = {k: dict(v) for k, v in nova_conf_keystone_dict(keystone).items()
+                            if k != 'keystone_authtoken'}
+    password = [o._to_oslo_opt() for o in
+                ks_loading.get_plugin_loader('password').get_options()]
+    for group in ('glance', 'service_user'):
+        known = set(CONF[group].keys())
+        CONF.register_opts([o for o in password if o.dest not in known], group=group)
+    base = lab_overrides(instances_path, '', ceph_conf, state_dir)
+    del base['glance']
+    for group, values in base.items():
+        overrides.setdefault(group, {}).update(values)
+    return overrides
+
+
+def keystone_context(keystone, user: str, project: str) -> nova_context.RequestContext:
+    """The request context nova-compute gets for ``user``: a real Keystone token
+    and the service catalog in the v2 form keystonemiddleware passes on
+    (X-Service-Catalog), which Nova's context auth plugin reads endpoints from."""
+    token, body = keystone.password_token(user, project)
+    catalog = [{'type': s['type'], 'name': s.get('name', ''),
+                'endpoints': [{'region': e.get('region_id') or e.get('region'),
+                               f'{e["interface"]}URL': e['url']}
+                              for e in s['endpoints']]}
+               for s in body.get('catalog', [])]
+    return nova_context.RequestContext(
+        user_id=body['user']['id'], project_id=body['project']['id'],
+        project_name=project, auth_token=token,
+        roles=[r['name'] for r in body['roles']], service_catalog=catalog)
+
+
 class NovaConf:
     """Overrides of Nova's CONF that can all be undone (``clear``)."""
 
