@@ -106,10 +106,12 @@ def disks(rbd_admin):
                 rbd.RBD().remove(ioctx, n)
 
 
-def _fetch(conf_path: str, image_id: str, target: str, **request):
+def _fetch(conf_path: str, image_id: str, target: str, disk_format: str = 'raw',
+           **request):
     conf = api.make_conf([conf_path])
     chain = HandlerChain(conf)
-    return chain.fetch(chain.request(image_id, parse_target(target), **request))
+    return chain.fetch(chain.request(image_id, parse_target(target, disk_format),
+                                     **request))
 
 
 def test_signed_clone_reads_the_snapshot_once_then_clones_are_o1(
@@ -281,6 +283,22 @@ def test_a_key_manager_that_hangs_is_a_bounded_wait_and_a_clear_error(
     assert 'key_manager_timeout' in str(err.value)
 
 
+def test_a_key_manager_that_is_down_is_a_clear_error(signed_image, conf_file, disks):
+    image_id = signed_image(image_bytes(1 * MiB, seed=103))
+    closed = socket.socket()
+    closed.bind(('127.0.0.1', 0))
+    port = closed.getsockname()[1]
+    closed.close()                               # nothing listens there
+    down = conf_file()
+    with open(down, 'a') as f:
+        f.write(f'\n[barbican]\nbarbican_endpoint = http://127.0.0.1:{port}\n')
+    start = time.monotonic()
+    with pytest.raises(exceptions.Untrusted) as err:
+        _fetch(down, image_id, f'rbd:vms/{disks()}')
+    assert time.monotonic() - start < 20
+    assert 'the key manager could not give signing certificate' in str(err.value)
+
+
 def test_keystone_that_hangs_is_a_bounded_wait_and_a_clear_error(
         signed_image, conf_file, disks, silent_port, keystone_lab):
     image_id = signed_image(image_bytes(1 * MiB, seed=99))
@@ -310,3 +328,78 @@ def test_a_verdict_edited_by_hand_is_ignored_and_the_snapshot_read_again(
     again = _fetch(conf, image_id, f'rbd:vms/{disks()}')
     assert 'read now' in again.verified
     assert 'seal does not match' in caplog.text
+
+
+# -- iscsi_cor: a signed image's LUN is read once before any disk is made of it -------
+@pytest.fixture(scope='module')
+def tgt():
+    from tools.lab.tgt import TgtService
+    service = TgtService('tgt-sig').start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def signed_lun(signed_image, glance_ks_lab, tgt, tmp_path):
+    """A signed image whose only location is rewritten in Glance's database to a
+    LUN exporting ``lun_data`` (default: the image's bytes)."""
+    import sqlite3
+    made = []
+
+    def make(data: bytes, lun_data: bytes | None = None, signed: bytes | None = None):
+        image_id = signed_image(data, backend='fs', signed=signed)
+        name = f'sig{len(made)}-{image_id[:8]}'
+        backing = tmp_path / f'{name}.raw'
+        backing.write_bytes(data if lun_data is None else lun_data)
+        export = tgt.export(name, backing)
+        made.append(name)
+        db = sqlite3.connect(glance_ks_lab.workdir / 'glance.sqlite')
+        with db:
+            db.execute('update image_locations set value = ?, meta_data = ? where '
+                       'image_id = ? and deleted = 0', (export.url, '{}', image_id))
+        db.close()
+        return image_id
+    yield make
+    for name in made:
+        tgt.unexport(name)
+
+
+def _lun_conf(conf_file, tgt) -> str:
+    return conf_file(handlers='iscsi_cor', extra=(
+        f'iscsi_allowed_portals = {tgt.portal}\niscsi_timeout = 5\n'
+        'iscsi_handover_timeout = 2\nread_timeout = 5\n'))
+
+
+def test_a_signed_lun_is_read_once_before_any_disk_then_disks_are_o1(
+        signed_lun, conf_file, tgt, tmp_path):
+    from image_handlers.jobs import runner
+    data = image_bytes(6 * MiB, seed=101)
+    image_id = signed_lun(data)
+    conf = _lun_conf(conf_file, tgt)
+    first = _fetch(conf, image_id, str(tmp_path / 'a.qcow2'), 'qcow2')
+    assert first.handler == 'iscsi_cor' and first.bytes_copied == 0
+    assert 'signature' in first.verified and 'before the disk was made' in first.verified
+    assert first.details['verification'] == 'done'
+    again = api.explain(api.make_conf([conf]), image_id, str(tmp_path / 'b.qcow2'),
+                        disk_format='qcow2')
+    (verdict,) = [a for a in again.attempts if a.handler == 'iscsi_cor']
+    assert 'LUN verified before' in verdict.reason
+    stored = api.make_conf([conf])
+    runner.wait(stored, first.job, timeout=120)
+    assert runner.store(stored).get(first.job).state == 'done'
+
+
+def test_a_lun_that_does_not_carry_the_signature_makes_no_disk(
+        signed_lun, conf_file, tgt, tmp_path):
+    data = image_bytes(4 * MiB, seed=102)
+    image_id = signed_lun(data, signed=data[:-1] + b'?')
+    conf = _lun_conf(conf_file, tgt)
+    with pytest.raises(exceptions.NoHandlerAvailable) as err:
+        _fetch(conf, image_id, str(tmp_path / 'a.qcow2'), 'qcow2')
+    (attempt,) = [a for a in err.value.result.attempts if a.handler == 'iscsi_cor']
+    assert attempt.outcome == FAILED and 'SignatureMismatch' in attempt.reason
+    assert not (tmp_path / 'a.qcow2').exists()
+    with pytest.raises(exceptions.NoHandlerAvailable) as again:
+        _fetch(conf, image_id, str(tmp_path / 'b.qcow2'), 'qcow2')
+    (attempt,) = [a for a in again.value.result.attempts if a.handler == 'iscsi_cor']
+    assert attempt.outcome != FAILED and 'img_signature' in attempt.reason
