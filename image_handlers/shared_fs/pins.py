@@ -41,7 +41,7 @@ from image_handlers import statefile
 from image_handlers.copy import fsutil
 from image_handlers.shared_fs import mounts
 from image_handlers.shared_fs.errors import PinError
-from image_handlers.shared_fs.names import file_name_of
+from image_handlers.statefile import file_name_of
 from image_handlers.shared_fs.paths import SourceFile
 
 LOG = logging.getLogger(__name__)

@@ -27,7 +27,6 @@ verified again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import stat
 import time
@@ -40,7 +39,7 @@ from image_handlers.copy.cancel import CancelToken
 from image_handlers.copy.checksum import Checksum
 from image_handlers.copy.engine import read_fd
 from image_handlers.shared_fs.errors import Refused
-from image_handlers.shared_fs.names import file_name_of
+from image_handlers.statefile import file_name_of
 from image_handlers.shared_fs.paths import identity_of
 from image_handlers.trust.digest import DigestPass
 from image_handlers.trust import verdicts as sealed

@@ -24,7 +24,7 @@ import time
 from oslo_log import log as logging
 
 from image_handlers import statefile
-from image_handlers.shared_fs.names import file_name_of
+from image_handlers.statefile import file_name_of
 
 LOG = logging.getLogger(__name__)
 
