@@ -78,10 +78,11 @@ def signed_image(glance_ks, pki):
 @pytest.fixture
 def conf_file(tmp_path, keystone_lab, ceph_lab, xfs_lab):
     def write(handlers: str = 'rbd_clone, stream_copy', glance: str = '',
-              extra: str = '') -> str:
+              extra: str = '', verify: bool = True) -> str:
         path = tmp_path / f'nova-{uuid.uuid4().hex[:6]}.conf'
         text = nova_conf_keystone(keystone_lab).replace(
-            '[glance]\n', '[glance]\nverify_glance_signatures = true\n' + glance, 1)
+            '[glance]\n', f'[glance]\nverify_glance_signatures = {verify}\n' + glance,
+            1)
         path.write_text(
             text + '\n[libvirt]\nimages_rbd_pool = vms\n'
             f'images_rbd_ceph_conf = {ceph_lab.conf_path}\nrbd_user = admin\n'
@@ -403,3 +404,68 @@ def test_a_lun_that_does_not_carry_the_signature_makes_no_disk(
         _fetch(conf, image_id, str(tmp_path / 'b.qcow2'), 'qcow2')
     (attempt,) = [a for a in again.value.result.attempts if a.handler == 'iscsi_cor']
     assert attempt.outcome != FAILED and 'img_signature' in attempt.reason
+
+
+# -- recorded hashes of any algorithm, and the locations API as the service user ------
+@pytest.fixture
+def unsigned_image(glance_ks):
+    made = []
+
+    def make(data: bytes, backend: str = 'fs') -> str:
+        img = glance_ks.images.create(name=f'hash-{uuid.uuid4().hex[:8]}',
+                                      disk_format='raw', container_format='bare')
+        made.append(img['id'])
+        glance_ks.images.upload(img['id'], io.BytesIO(data), image_size=len(data),
+                                backend=backend)
+        return img['id']
+    yield make
+    for image_id in made:
+        with contextlib.suppress(Exception):
+            glance_ks.images.delete(image_id)
+
+
+def _record_hash(glance_ks_lab, image_id: str, algo: str, value: str) -> None:
+    """What a Glance with ``hashing_algorithm = ALGO`` records (its database)."""
+    import sqlite3
+    db = sqlite3.connect(glance_ks_lab.workdir / 'glance.sqlite')
+    with db:
+        db.execute('update images set os_hash_algo = ?, os_hash_value = ? where id = ?',
+                   (algo, value, image_id))
+    db.close()
+
+
+@pytest.mark.parametrize('algo', ['sha3_512', 'blake2b'])
+def test_a_hash_of_another_algorithm_is_verified_with_it(
+        unsigned_image, glance_ks_lab, conf_file, tmp_path, algo):
+    import hashlib
+    data = image_bytes(3 * MiB, seed=104)
+    image_id = unsigned_image(data)
+    _record_hash(glance_ks_lab, image_id, algo, hashlib.new(algo, data).hexdigest())
+    conf = conf_file(handlers='stream_copy', verify=False)
+    result = _fetch(conf, image_id, str(tmp_path / 'disk.raw'))
+    assert result.verified == f'{algo}:{hashlib.new(algo, data).hexdigest()}'
+    _record_hash(glance_ks_lab, image_id, algo, hashlib.new(algo, b'other').hexdigest())
+    with pytest.raises(exceptions.NoHandlerAvailable, match='checksum mismatch'):
+        _fetch(conf, image_id, str(tmp_path / 'disk2.raw'))
+
+
+def test_an_unknown_hash_algorithm_is_refused_not_checked_with_md5(
+        unsigned_image, glance_ks_lab, conf_file, tmp_path):
+    image_id = unsigned_image(image_bytes(1 * MiB, seed=105))
+    _record_hash(glance_ks_lab, image_id, 'whirlpool', 'ab' * 64)
+    conf = conf_file(handlers='stream_copy', verify=False)
+    with pytest.raises(exceptions.Untrusted) as err:
+        _fetch(conf, image_id, str(tmp_path / 'disk.raw'))
+    assert 'whirlpool' in str(err.value) and 'md5' in str(err.value)
+    assert not list(tmp_path.glob('disk.raw*'))
+
+
+def test_the_locations_api_is_asked_with_the_service_users_own_token(
+        unsigned_image, conf_file, tmp_path):
+    """Glance 33 lets only a token with the service (or admin) role read
+    GET /v2/images/ID/locations; [glance] is the nova service user's."""
+    image_id = unsigned_image(image_bytes(1 * MiB, seed=106))
+    result = api.explain(api.make_conf([conf_file(handlers='stream_copy',
+                                                  verify=False)]),
+                         image_id, str(tmp_path / 'disk.raw'))
+    assert 'locations API: 1 location(s)' in result.details['location_sources']
