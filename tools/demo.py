@@ -24,6 +24,7 @@ from tools.lab import write_fs_marker
 from tools.lab.tgt import TgtService
 from tools.lab.nginx import NginxService
 from tools.lab.service import LAB_DIR
+from tools.demo_trust import demo_trust
 
 BIN = Path(sys.executable).parent / 'image-handlers'
 MiB = 1 << 20
@@ -272,6 +273,7 @@ progress_interval = 1
 
         demo_shared_fs(client, glance, conf, work, data, xfs, gluster)
         demo_iscsi_cor(client, glance, conf, work, data)
+        demo_trust(banner, run, ceph, work, data[:32 * MiB])
 
         banner('inside Nova 34 (patched): root disks for instances, the same decisions')
         nova_python = LAB_DIR / 'venv-nova' / 'bin' / 'python'
