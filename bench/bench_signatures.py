@@ -45,6 +45,7 @@ import contextlib
 import functools
 import logging
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -71,6 +72,8 @@ CERT = 'certificate from Barbican'
 DECIDE = 'rbd_clone decide'
 ACT = 'rbd_clone act'
 READ = 'snapshot read (in act)'
+BARBICAN_REQUESTS = 'Barbican requests'
+BARBICAN_HTTP = 'Barbican HTTP round trips'
 
 
 def size_label(size: int) -> str:
@@ -98,6 +101,14 @@ def make_data(path: Path, size: int) -> None:
             f.write(pool[:tail])
 
 
+def machine_busy() -> float:
+    """CPU seconds all cores of the machine spent busy since boot (/proc/stat:
+    user, nice, system, irq, softirq, steal): anyone's work, ours included."""
+    with open('/proc/stat') as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields[i] for i in (0, 1, 2, 5, 6, 7)) / os.sysconf('SC_CLK_TCK')
+
+
 class PhaseTimer:
     """Wraps the real calls in place and sums their time per fetch, per kind."""
 
@@ -117,6 +128,19 @@ class PhaseTimer:
                                    (ACT, RbdCloneHandler, 'act'),
                                    (READ, RbdCloneHandler, '_verify_snapshot')):
             setattr(owner, attr, self._wrap(label, getattr(owner, attr)))
+        from keystoneauth1 import session as ks_session
+        request = ks_session.Session.request
+
+        def counted(session, url, method, *args, **kwargs):
+            if not (self.active and 'secrets/' in str(url)):
+                return request(session, url, method, *args, **kwargs)
+            self.current[BARBICAN_REQUESTS] += 1
+            t0 = time.perf_counter()
+            try:
+                return request(session, url, method, *args, **kwargs)
+            finally:
+                self.current[BARBICAN_HTTP] += time.perf_counter() - t0
+        ks_session.Session.request = counted
 
     def _wrap(self, label: str, func):
         @functools.wraps(func)
@@ -169,6 +193,21 @@ class Bench:
             'clone repeated': self._chain('clone-repeated', 'rbd_clone', True),
         }
         self.first_rounds = 0
+        self.cpu: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+        self.ticks = os.sysconf('SC_CLK_TCK')
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(CPU seconds of this process, all threads; of Glance's uWSGI processes)."""
+        from tools.lab.service import group_members
+        ours = resource.getrusage(resource.RUSAGE_SELF)
+        glance = 0.0
+        pid = self.glance.pid()
+        for member in group_members(pid) if pid else ():
+            with contextlib.suppress(OSError):
+                with open(f'/proc/{member}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+                glance += (int(fields[11]) + int(fields[12])) / self.ticks
+        return ours.ru_utime + ours.ru_stime, glance
 
     # -- configuration -------------------------------------------------------------
 
@@ -230,6 +269,7 @@ class Bench:
         kind = 'copy signed' if signed else 'copy unsigned'
         path = self.copies_dir / f'copy-{uuid.uuid4().hex[:8]}.raw'
         prime_memory(self.size + 512 * MiB)
+        cpu0 = self.cpu_seconds() + (machine_busy(),)
         try:
             seconds, result = self._fetch(self.chains[kind],
                                           self.images[f'fs {"signed" if signed else "unsigned"}'],
@@ -237,6 +277,8 @@ class Bench:
             assert result.handler == 'stream_copy' and result.verified, result.to_dict()
             assert ('signature' in result.verified) == signed, result.verified
             assert os.path.getsize(path) == self.size
+            now = self.cpu_seconds() + (machine_busy(),)
+            self.cpu[kind].append(tuple(b - a for a, b in zip(cpu0, now)))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -316,6 +358,8 @@ def run(bench: Bench, args) -> dict:
             seconds = bench.copy(signed)
             if round_no:
                 res['copy signed' if signed else 'copy unsigned'].append(seconds)
+    for kind in ('copy unsigned', 'copy signed'):
+        del bench.cpu[kind][0]                      # the warm-up's
     # Clones, interleaved; round 0's repeated clone is the repeated chain's first
     # (it reads the snapshot and leaves the verdict the later ones reuse).
     kinds = ['clone unsigned', 'clone repeated', 'clone first']
@@ -327,6 +371,21 @@ def run(bench: Bench, args) -> dict:
                 res[kind].append(seconds)
             else:   # drop the warm-up's phase samples too
                 for values in phases.samples[kind].values():
+                    values.pop()
+    # The certificate read alone, as the chain reads it: stored with a name and
+    # the same one without (barbicanclient then reads the metadata again for every
+    # lazy property castellan asks for).
+    from image_handlers.trust.certificates import CertificateSource
+    chain = bench.chains['clone repeated']
+    for round_no in range(args.rounds + 1):
+        for which in (('named', 'unnamed') if round_no % 2 else ('unnamed', 'named')):
+            uuid_ = bench.pki.cert if which == 'named' else bench.pki.unnamed
+            phases.start()
+            t0 = time.perf_counter()
+            CertificateSource(chain.conf, chain.glance.key_manager_context, 30).get(uuid_)
+            phases.stop(f'certificate {which}', time.perf_counter() - t0)
+            if not round_no:
+                for values in phases.samples[f'certificate {which}'].values():
                     values.pop()
     res['sha512'] = res['sha512'][1:] or res['sha512']
     return {'times': res, 'phases': phases}
@@ -351,6 +410,19 @@ def report(args, bench: Bench, env: dict, out: dict, setup: float) -> None:
           f'[>= 0.9] {verdict(ratio >= 0.9)} ({signed_rate:.0f} / {unsigned_rate:.0f} '
           f'MiB/s, stream_copy from Glance\'s data API to a file; sha512 on one core '
           f'{sha512:.0f} MiB/s)')
+    gib = size / GiB
+    parts = []
+    for kind in ('copy unsigned', 'copy signed'):
+        ours = med(c[0] for c in bench.cpu[kind])
+        glance = med(c[1] for c in bench.cpu[kind])
+        machine = med(c[2] / t for c, t in zip(bench.cpu[kind], times[kind]))
+        busy = (ours + glance) / med(times[kind])
+        parts.append(f'{kind[5:]} {ours / gib:.2f} + {glance / gib:.2f} '
+                     f'({busy:.2f} cores; the machine: {machine:.2f} of '
+                     f'{os.cpu_count()} busy)')
+    print(f'    CPU s per GiB, this process + Glance: {"; ".join(parts)}; hashlib '
+          f'alone on one core: sha512 {GiB / env["sha512"]:.2f} s/GiB, the '
+          f'signature\'s {args.hash_method} {GiB / env["signature"]:.2f} s/GiB')
     unsigned = med(times['clone unsigned'])
     repeated = med(times['clone repeated'])
     first = med(times['clone first'])
@@ -371,6 +443,8 @@ def report(args, bench: Bench, env: dict, out: dict, setup: float) -> None:
     for shown, key in rows:
         print(f'  {shown:<44}' + ''.join(f'{phases.median_ms(c, key):>12.1f}'
                                          for c in cols))
+    print(f'  {"HTTP requests to Barbican (count)":<44}' + ''.join(
+        f'{phases.median_ms(c, BARBICAN_REQUESTS) / 1000:>12.0f}' for c in cols))
     p = functools.partial(phases.median_ms, 'clone repeated')
     u = functools.partial(phases.median_ms, 'clone unsigned')
     rest = p(REQUEST) - p(GLANCE) - p(CERT)
@@ -381,6 +455,15 @@ def report(args, bench: Bench, env: dict, out: dict, setup: float) -> None:
           f'extra {(repeated - unsigned) * 1000:.1f} ms of a repeated signed clone: '
           f'certificate {p(CERT):.1f}, decide {p(DECIDE) - u(DECIDE):+.1f}, act '
           f'{p(ACT) - u(ACT):+.1f}')
+    for which in ('named', 'unnamed'):
+        kind = f'certificate {which}'
+        print(f'  the certificate read alone, stored {"with" if which == "named" else "without"}'
+              f' a name: {phases.median_ms(kind, "total"):.1f} ms, of which '
+              f'{phases.median_ms(kind, BARBICAN_REQUESTS) / 1000:.0f} HTTP requests '
+              f'to Barbican {phases.median_ms(kind, BARBICAN_HTTP):.1f} ms')
+    without = repeated - p(CERT) / 1000
+    print(f'  a repeated signed clone less its certificate read: {without * 1000:.1f} ms '
+          f'= {without / unsigned:.2f} x unsigned (computed from the phases above)')
 
 
 def start_lab(run_dir: Path):
@@ -421,7 +504,11 @@ def make_pki(keystone):
     cert, key = signing.make_signing_cert(ca, ca_key)
     conf = signing.private_conf(keystone)
     ctx = signing.request_context(keystone, 'nova', 'service')
-    return types.SimpleNamespace(key=key, cert=signing.store_certificate(cert, ctx, conf))
+    # Named, as Glance's signing guide stores it (``openstack secret store --name``);
+    # the same certificate without a name, for the context line on what that costs.
+    return types.SimpleNamespace(
+        key=key, cert=signing.store_certificate(cert, ctx, conf, name='bench signer'),
+        unnamed=signing.store_certificate(cert, ctx, conf))
 
 
 def main() -> int:
@@ -451,7 +538,8 @@ def main() -> int:
                          f'{need // GiB + 1} GiB')
     os.environ['IH_LAB_RUN_DIR'] = str(run_dir)     # before tools.lab is imported
     hash_size = max(64 * MiB, min(512 * MiB, args.size_mib * MiB))
-    env = {'sha512': hashlib_speed(hash_size), 'sha256': hashlib_speed(hash_size, 'sha256')}
+    env = {'sha512': hashlib_speed(hash_size), 'sha256': hashlib_speed(hash_size, 'sha256'),
+           'signature': hashlib_speed(hash_size, args.hash_method.replace('-', '').lower())}
     print(f'environment: {os.cpu_count()} CPUs, hashlib sha512 {env["sha512"] / MiB:.0f} '
           f'MiB/s and sha256 {env["sha256"] / MiB:.0f} MiB/s on one core, load '
           f'{os.getloadavg()[0]:.2f}', flush=True)
