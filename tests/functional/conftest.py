@@ -198,6 +198,7 @@ from tools.lab import GlusterService, LoopFsService, write_fs_marker  # noqa: E4
 FS_IDS = {'xfs': 'xfs-images', 'btrfs': 'btrfs-images', 'ext4': 'ext4-images',
           'gluster': 'gluster-images'}
 GLANCE_FS_DATADIR = 'images'  # each file store's datadir, under its mount point
+GLANCE_KS_DATADIR = 'images-ks'     # glance_ks_lab's, beside it on the same mounts
 
 
 def pytest_configure(config):
@@ -291,12 +292,14 @@ def barbican_lab(keystone_lab):
 
 
 @pytest.fixture(scope='session')
-def glance_ks_lab(keystone_lab, ceph_lab, xfs_lab):
+def glance_ks_lab(keystone_lab, ceph_lab, xfs_lab, btrfs_lab, ext4_lab, gluster_lab):
     """Glance 'glance-ks' behind keystone_lab's auth_token, in its catalog as image,
-    with the rbd store "ceph" and a file store "xfs" (datadir images-ks on xfs_lab);
-    clients: ``.keystone_client(user, project)``."""
-    stores = {'xfs': (xfs_lab.mountpoint / 'images-ks',
-                      {'id': FS_IDS['xfs'], 'mountpoint': str(xfs_lab.mountpoint)})}
+    with the rbd store "ceph" and file stores xfs, btrfs, ext4, gluster (datadir
+    images-ks on each lab mount); clients: ``.keystone_client(user, project)``."""
+    mounted = {'xfs': xfs_lab, 'btrfs': btrfs_lab, 'ext4': ext4_lab, 'gluster': gluster_lab}
+    stores = {name: (fs.mountpoint / GLANCE_KS_DATADIR,
+                     {'id': FS_IDS[name], 'mountpoint': str(fs.mountpoint)})
+              for name, fs in mounted.items()}
     svc = GlanceService(name='glance-ks', keystone=keystone_lab, ceph=ceph_lab,
                         file_stores=stores).start()
     yield svc

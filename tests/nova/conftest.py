@@ -33,18 +33,19 @@ def nova_env(tmp_path, glance_lab, ceph_lab):
 
 
 @pytest.fixture
-def nova_fs_env(tmp_path, glance_fs_lab, xfs_lab, btrfs_lab, ext4_lab, gluster_lab):
-    """Nova's CONF against the glance-fs lab (file stores on the lab's shared
-    mounts), the chain being shared_fs then stream_copy; ``nova_fs_env(
-    instances_path, images_type, **groups)``."""
+def nova_fs_env(tmp_path, keystone_lab, barbican_lab, glance_ks_lab, xfs_lab,
+                btrfs_lab, ext4_lab, gluster_lab):
+    """Nova's CONF in the lab's Keystone cloud against glance_ks_lab (file stores on
+    the lab's shared mounts), the chain being shared_fs then stream_copy;
+    ``nova_fs_env(instances_path, images_type, **groups)``."""
     conf = lab_nova.NovaConf()
     mounts = {'xfs': xfs_lab, 'btrfs': btrfs_lab, 'ext4': ext4_lab,
               'gluster': gluster_lab}
 
     def configure(instances_path, images_type, **groups):
-        overrides = lab_nova.lab_overrides(
-            instances_path=str(instances_path), glance_endpoint=glance_fs_lab.endpoint,
-            ceph_conf='', state_dir=str(tmp_path / 'state'))
+        overrides = lab_nova.keystone_overrides(
+            keystone_lab, instances_path=str(instances_path), ceph_conf='',
+            state_dir=str(tmp_path / 'state'))
         overrides['libvirt'] = {'images_type': images_type}
         overrides['image_handlers'].update(
             handlers=['shared_fs', 'stream_copy'],
@@ -54,6 +55,26 @@ def nova_fs_env(tmp_path, glance_fs_lab, xfs_lab, btrfs_lab, ext4_lab, gluster_l
         conf.set(overrides)
     yield configure
     conf.clear()
+
+
+@pytest.fixture
+def nova_ks_env(tmp_path, keystone_lab, barbican_lab, glance_ks_lab, ceph_lab):
+    """Nova's CONF in the lab's Keystone cloud, as devstack writes it
+    (lab_nova.keystone_overrides: catalog, service user, Barbican); like
+    ``nova_env``, ``configure(group={opt: value}, ...)`` changes more."""
+    conf = lab_nova.NovaConf()
+    conf.set(lab_nova.keystone_overrides(
+        keystone_lab, instances_path=str(tmp_path / 'instances'),
+        ceph_conf=str(ceph_lab.conf_path), state_dir=str(tmp_path / 'state')))
+    yield lambda **groups: conf.set(groups)
+    conf.clear()
+
+
+@pytest.fixture
+def alice(keystone_lab):
+    """alice's request context as nova-compute gets it: her Keystone token and
+    the service catalog (project alpha)."""
+    return lab_nova.keystone_context(keystone_lab, 'alice', 'alpha')
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """The patched Nova 34 providing root disks through the handler chain, against the
-lab's real Ceph and Glance (see conftest: real Nova code, no mocks).
+lab's real Ceph, and a real Glance behind a real Keystone (see conftest: real Nova
+code, no mocks): Nova's CONF as devstack writes it, images owned by alice, the
+request context alice's token and catalog.
 
 What the tests show: an RBD root disk becomes a copy-on-write clone made by
 rbd_clone without a byte downloaded; a location Nova's own clone would accept
@@ -23,6 +25,7 @@ from nova.virt.libvirt import imagecache
 from image_handlers.nova import hooks
 from tests.functional.conftest import image_bytes
 from tests.nova.conftest import CONF, GiB
+from tests.nova.keystone_cloud import context, glance, glance_lab, nova_env  # noqa: F401
 
 MiB = 1 << 20
 

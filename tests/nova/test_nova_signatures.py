@@ -27,20 +27,8 @@ CONF = lab_nova.CONF
 
 
 @pytest.fixture
-def nova_ks_env(tmp_path, keystone_lab, barbican_lab, glance_ks_lab, ceph_lab):
-    conf = lab_nova.NovaConf()
-    overrides = lab_nova.keystone_overrides(
-        keystone_lab, instances_path=str(tmp_path / 'instances'),
-        ceph_conf=str(ceph_lab.conf_path), state_dir=str(tmp_path / 'state'))
-    overrides['glance']['verify_glance_signatures'] = True
-    conf.set(overrides)
-    yield lambda **groups: conf.set(groups)
-    conf.clear()
-
-
-@pytest.fixture
-def alice(keystone_lab):
-    return lab_nova.keystone_context(keystone_lab, 'alice', 'alpha')
+def signatures_on(nova_ks_env):
+    nova_ks_env(glance={'verify_glance_signatures': True})
 
 
 @pytest.fixture(scope='module')
@@ -91,7 +79,7 @@ def vms(rbd_admin):
 
 
 def test_a_signed_image_boots_by_clone_verified_once_then_o1(
-        nova_ks_env, alice, alice_image, rbd_admin, vms, caplog, tmp_path):
+        signatures_on, alice, alice_image, rbd_admin, vms, caplog, tmp_path):
     data = image_bytes(8 * MiB, seed=61)
     image_id = alice_image(data)
     caplog.set_level(logging.INFO)
@@ -116,7 +104,7 @@ def test_a_signed_image_boots_by_clone_verified_once_then_o1(
 
 
 def test_a_bad_signature_fails_the_boot_and_leaves_no_disk(
-        nova_ks_env, alice, alice_image, vms, caplog):
+        signatures_on, alice, alice_image, vms, caplog):
     """The clone is refused (the snapshot does not carry the signature); the
     download Nova falls back to checks the signature itself (Nova's own cursive
     check, with Barbican) and fails too: no disk, no _base file."""
@@ -133,7 +121,7 @@ def test_a_bad_signature_fails_the_boot_and_leaves_no_disk(
 
 
 def test_trusted_certificates_of_the_instance_are_checked(
-        nova_ks_env, alice, alice_image, alice_signer, keystone_lab, barbican_lab,
+        signatures_on, alice, alice_image, alice_signer, keystone_lab, barbican_lab,
         vms):
     from nova import objects
     data = image_bytes(2 * MiB, seed=63)
