@@ -29,9 +29,19 @@ def ceph_lab():
 
 
 @pytest.fixture(scope='session')
-def glance_lab(ceph_lab):
-    """Glance with fs (default), http and rbd ("ceph", on the lab cluster) stores."""
-    svc = GlanceService(ceph=ceph_lab).start()
+def glance_lab(keystone_lab, ceph_lab, xfs_lab, btrfs_lab, ext4_lab, gluster_lab):
+    """The lab's Glance 33 behind the real Keystone (keystonemiddleware's auth_token,
+    registered in the catalog as image): stores fs (default), http, rbd ("ceph", on
+    the lab cluster) and a file store on each lab mount (xfs, btrfs, ext4, gluster:
+    an upload with backend=NAME lands in ``<mount>/images/<id>`` with location
+    metadata {id, mountpoint, store}). Clients: ``.keystone_client(user, project)``;
+    ``.nova_conf()`` is nova.conf as devstack writes it for this cloud."""
+    mounted = {'xfs': xfs_lab, 'btrfs': btrfs_lab, 'ext4': ext4_lab, 'gluster': gluster_lab}
+    stores = {name: (fs.mountpoint / GLANCE_FS_DATADIR,
+                     {'id': FS_IDS[name], 'mountpoint': str(fs.mountpoint)})
+              for name, fs in mounted.items()}
+    svc = GlanceService(name='glance-ks', keystone=keystone_lab, ceph=ceph_lab,
+                        file_stores=stores).start()
     yield svc
     svc.stop()
 
@@ -45,7 +55,9 @@ def nginx_lab():
 
 @pytest.fixture(scope='session')
 def glance(glance_lab):
-    return glance_lab.client()
+    """glanceclient as the nova service user (service and admin roles), through
+    Keystone and the catalog."""
+    return glance_lab.keystone_client('nova', 'service')
 
 
 def image_bytes(size: int, seed: int = 1, zero_every: int = 3) -> bytes:
@@ -92,10 +104,10 @@ def nova_conf(tmp_path, glance_lab, ceph_lab):
 
     The RBD settings come from Nova's own [libvirt] options, as in production.
     """
-    def write(extra: str = '', glance_token: str = 'lab-admin') -> str:
+    def write(extra: str = '') -> str:
         path = tmp_path / f'nova-{uuid.uuid4().hex[:6]}.conf'
         path.write_text(
-            glance_lab.nova_conf(glance_token)
+            glance_lab.nova_conf()
             + '\n[libvirt]\nimages_rbd_pool = vms\n'
             + f'images_rbd_ceph_conf = {ceph_lab.conf_path}\nrbd_user = admin\n'
             + f'\n[image_handlers]\nstate_dir = {tmp_path / "state"}\n'
@@ -198,7 +210,6 @@ from tools.lab import GlusterService, LoopFsService, write_fs_marker  # noqa: E4
 FS_IDS = {'xfs': 'xfs-images', 'btrfs': 'btrfs-images', 'ext4': 'ext4-images',
           'gluster': 'gluster-images'}
 GLANCE_FS_DATADIR = 'images'  # each file store's datadir, under its mount point
-GLANCE_KS_DATADIR = 'images-ks'     # glance_ks_lab's, beside it on the same mounts
 
 
 def pytest_configure(config):
@@ -250,22 +261,14 @@ def gluster_lab():
 
 
 @pytest.fixture(scope='session')
-def glance_fs_lab(xfs_lab, btrfs_lab, ext4_lab, gluster_lab):
-    """Glance 'glance-fs' with file stores xfs, btrfs, ext4, gluster (plus fs, web):
-    an upload with backend=NAME lands in ``<mount>/images/<id>`` with location
-    metadata {id, mountpoint, store}."""
-    mounted = {'xfs': xfs_lab, 'btrfs': btrfs_lab, 'ext4': ext4_lab, 'gluster': gluster_lab}
-    stores = {name: (fs.mountpoint / GLANCE_FS_DATADIR,
-                     {'id': FS_IDS[name], 'mountpoint': str(fs.mountpoint)})
-              for name, fs in mounted.items()}
-    svc = GlanceService(name='glance-fs', file_stores=stores).start()
-    yield svc
-    svc.stop()
+def glance_fs_lab(glance_lab):
+    """The lab's Glance (it has a file store on each lab mount)."""
+    return glance_lab
 
 
 @pytest.fixture(scope='session')
-def glance_fs(glance_fs_lab):
-    return glance_fs_lab.client()
+def glance_fs(glance):
+    return glance
 
 
 # -- identity: a real Keystone and Barbican, and a Glance behind them ------------------
@@ -292,15 +295,6 @@ def barbican_lab(keystone_lab):
 
 
 @pytest.fixture(scope='session')
-def glance_ks_lab(keystone_lab, ceph_lab, xfs_lab, btrfs_lab, ext4_lab, gluster_lab):
-    """Glance 'glance-ks' behind keystone_lab's auth_token, in its catalog as image,
-    with the rbd store "ceph" and file stores xfs, btrfs, ext4, gluster (datadir
-    images-ks on each lab mount); clients: ``.keystone_client(user, project)``."""
-    mounted = {'xfs': xfs_lab, 'btrfs': btrfs_lab, 'ext4': ext4_lab, 'gluster': gluster_lab}
-    stores = {name: (fs.mountpoint / GLANCE_KS_DATADIR,
-                     {'id': FS_IDS[name], 'mountpoint': str(fs.mountpoint)})
-              for name, fs in mounted.items()}
-    svc = GlanceService(name='glance-ks', keystone=keystone_lab, ceph=ceph_lab,
-                        file_stores=stores).start()
-    yield svc
-    svc.stop()
+def glance_ks_lab(glance_lab):
+    """The lab's Glance, behind keystone_lab (the name the identity tests use)."""
+    return glance_lab

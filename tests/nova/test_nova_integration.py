@@ -25,7 +25,6 @@ from nova.virt.libvirt import imagecache
 from image_handlers.nova import hooks
 from tests.functional.conftest import image_bytes
 from tests.nova.conftest import CONF, GiB
-from tests.nova.keystone_cloud import context, glance, glance_lab, nova_env  # noqa: F401
 
 MiB = 1 << 20
 

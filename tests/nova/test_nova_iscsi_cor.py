@@ -31,7 +31,6 @@ from image_handlers.jobs import runner
 from image_handlers.nova import hooks
 from tests.functional.conftest import image_bytes
 from tests.nova.conftest import CONF
-from tests.nova.keystone_cloud import context, glance, glance_lab, nova_env  # noqa: F401
 from tests.virt.conftest import (  # noqa: F401
     boot, guest, libvirt_events, virt_conn, virt_lab, vm_name)
 from tools.lab.guest import wait_digests, wait_line

@@ -30,10 +30,8 @@ from nova.virt.libvirt import imagecache
 
 from image_handlers.shared_fs import fiemap, verdicts
 from image_handlers.shared_fs.pins import PinStore
-from tests.functional.conftest import GLANCE_KS_DATADIR, image_bytes
+from tests.functional.conftest import GLANCE_FS_DATADIR, image_bytes
 from tests.nova.conftest import CONF
-from tests.nova.keystone_cloud import (  # noqa: F401
-    context, glance_fs, glance_fs_lab)
 
 MiB = 1 << 20
 
@@ -63,7 +61,7 @@ def _base_file(image_id: str) -> str:
 
 
 def _glance_file(svc, image_id: str) -> str:
-    return os.path.join(svc.mountpoint, GLANCE_KS_DATADIR, image_id)
+    return os.path.join(svc.mountpoint, GLANCE_FS_DATADIR, image_id)
 
 
 def _settle(path: str) -> None:

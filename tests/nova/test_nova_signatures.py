@@ -27,8 +27,8 @@ CONF = lab_nova.CONF
 
 
 @pytest.fixture
-def signatures_on(nova_ks_env):
-    nova_ks_env(glance={'verify_glance_signatures': True})
+def signatures_on(nova_env):
+    nova_env(glance={'verify_glance_signatures': True})
 
 
 @pytest.fixture(scope='module')
