@@ -127,7 +127,7 @@ class HandlerChain:
         policy = TrustPolicy.from_conf(self.conf, trusted_certs)
         certificates = CertificateSource(
             self.conf, getattr(glance, 'key_manager_context', None),
-            policy.key_manager_timeout)
+            policy.key_manager_timeout, policy.certificate_cache_seconds)
         return Request(image=image, target=tgt, virt_driver=self.virt_driver,
                        purpose=purpose, size=size, glance_endpoint=glance.endpoint,
                        glance_auth_headers=glance.auth_headers,

@@ -34,14 +34,12 @@ import time
 from oslo_log import log as logging
 
 from image_handlers import exceptions
-from image_handlers.copy.buffers import BufferPool
 from image_handlers.copy.cancel import CancelToken
 from image_handlers.copy.checksum import Checksum
-from image_handlers.copy.engine import read_fd
 from image_handlers.shared_fs.errors import Refused
 from image_handlers.statefile import file_name_of
 from image_handlers.shared_fs.paths import identity_of
-from image_handlers.trust.digest import DigestPass
+from image_handlers.trust.digest import DigestPass, feed_fd
 from image_handlers.trust import verdicts as sealed
 from image_handlers.trust.expectation import Expectation
 
@@ -259,7 +257,7 @@ def verify_file(fd: int, size: int, checksum: 'Expectation | Checksum | str',
         except OSError:
             pass
         digests = DigestPass(expected)
-        _read_all(fd, size, digests, BufferPool.create(1, buffer_size),
+        _read_all(fd, size, digests, min(buffer_size, 8 << 20),
                   cancel or CancelToken(), description)
         after = os.fstat(fd)
     except OSError as exc:
@@ -276,9 +274,12 @@ def verify_file(fd: int, size: int, checksum: 'Expectation | Checksum | str',
     return identity_of(before)
 
 
-def _read_all(fd: int, size: int, digests: DigestPass, pool: BufferPool,
+def _read_all(fd: int, size: int, digests: DigestPass, buffer_size: int,
               cancel: CancelToken, description: str) -> None:
-    read_fd(fd, size, [digests.feed], pool, cancel, description)
+    """The whole file into the digests, reads and hashing overlapped."""
+    got = feed_fd(fd, size, digests, cancel, description, buffer_size)
+    if got != size:
+        raise OSError(f'file ended at byte {got} of {size}')
 
 
 def verified(store: VerdictStore, fd: int, image_id: str, size: int,

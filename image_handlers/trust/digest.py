@@ -5,6 +5,7 @@ the slower of the two, not their sum."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 from collections.abc import Callable
 
 from image_handlers import exceptions
@@ -56,3 +57,33 @@ class DigestPass:
         if self.verifier is not None:
             signatures.check(self.verifier, f'image {self.expectation.image_id}: {where}')
         return self.expectation.describe() + ' verified'
+
+
+class _FdStream:
+    """The first ``size`` bytes of an open file, read with pread (the file's
+    offset is untouched), as the copy pipeline reads a source."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.pos, self.start, self.total = fd, 0, 0, size
+
+    def readinto(self, buf: memoryview) -> int:
+        want = min(len(buf), self.total - self.pos)
+        n = os.preadv(self.fd, [buf[:want]], self.pos) if want > 0 else 0
+        self.pos += n
+        return n
+
+    def close(self) -> None:
+        pass
+
+
+def feed_fd(fd: int, size: int, digests: DigestPass, cancel, description: str,
+            buffer_size: int = 8 << 20) -> int:
+    """Read the file once through the copy engine's pipeline with nothing to
+    write: the reads, the hash and the signature's digest overlap on threads of
+    their own. Returns the bytes read (fewer than ``size`` if the file ended)."""
+    from image_handlers.copy.buffers import BufferPool
+    from image_handlers.copy.pipeline import pump
+    stream = _FdStream(fd, size)
+    pump(stream, BufferPool.create(4, buffer_size), digests.updates,
+         lambda buffer, n: None, cancel, description=description)
+    return stream.pos

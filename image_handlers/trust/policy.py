@@ -20,6 +20,14 @@ trust_opts = [
              'to give a signing or trusted certificate. A key manager or Keystone '
              'that does not answer in time fails the disk with that reason, '
              'instead of hanging the boot.'),
+    cfg.FloatOpt(
+        'certificate_cache_seconds', default=300.0, min=0.0,
+        help='Seconds a signing or trusted certificate read from the key manager is '
+             'kept in memory, per reader (project and user) and certificate id, so '
+             'repeated disks of a signed image do not pay the key manager\'s round '
+             'trips. Barbican certificates cannot change, only be deleted: this is '
+             'how long a deleted certificate may still be accepted. 0 reads it '
+             'every time.'),
 ]
 
 # Nova's [glance] options for signatures, for the command line without Nova (inside
@@ -47,6 +55,7 @@ class TrustPolicy:
     # validate the certificate); so do we.
     require_certificate_validation: bool = False
     key_manager_timeout: float = 30.0
+    certificate_cache_seconds: float = 0.0
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts,
@@ -61,4 +70,5 @@ class TrustPolicy:
                    verify_signatures=bool(glance.verify_glance_signatures or trusted),
                    trusted_certs=trusted,
                    require_certificate_validation=bool(validate and not trusted),
-                   key_manager_timeout=group.key_manager_timeout)
+                   key_manager_timeout=group.key_manager_timeout,
+                   certificate_cache_seconds=group.certificate_cache_seconds)

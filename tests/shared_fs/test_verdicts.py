@@ -233,10 +233,11 @@ def test_verify_file_changed_while_hashed(image, monkeypatch):
     path, fd = image
     real_read = verdicts._read_all
 
-    def read_while_someone_writes(fd, length, digests, pool, cancel, description):
+    def read_while_someone_writes(fd, length, digests, buffer_size, cancel,
+                                  description):
         with open(path, 'r+b') as f:
             f.write(b'Z')
-        return real_read(fd, length, digests, pool, cancel, description)
+        return real_read(fd, length, digests, buffer_size, cancel, description)
     monkeypatch.setattr(verdicts, '_read_all', read_while_someone_writes)
     with pytest.raises(Refused) as err:
         verdicts.verify_file(fd, len(DATA), SHA512, description='the file')
