@@ -508,7 +508,7 @@ def make_pki(keystone):
     # the same certificate without a name, for the context line on what that costs.
     return types.SimpleNamespace(
         key=key, cert=signing.store_certificate(cert, ctx, conf, name='bench signer'),
-        unnamed=signing.store_certificate(cert, ctx, conf))
+        unnamed=signing.store_certificate(cert, ctx, conf, name=None))
 
 
 def main() -> int:
