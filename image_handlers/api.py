@@ -43,21 +43,25 @@ def make_conf(config_files: list[str] | None = None,
 
 def fetch(conf: cfg.ConfigOpts, image_id: str, target: str, virt_driver: str = 'libvirt',
           purpose: str = 'spawn', size: int | None = None,
-          disk_format: str = 'raw') -> FetchResult:
+          disk_format: str = 'raw',
+          trusted_certs: list[str] | None = None) -> FetchResult:
     """Provide ``image_id`` at ``target`` (a path, or rbd:POOL/NAME) to be used as a
-    ``disk_format`` disk; raises NoHandlerAvailable with every reason."""
+    ``disk_format`` disk; raises NoHandlerAvailable with every reason, Untrusted
+    when no path could trust the image (``trusted_certs``: an instance's trusted
+    certificate ids)."""
     chain = HandlerChain(conf, virt_driver=virt_driver)
     return chain.fetch(chain.request(image_id, parse_target(target, disk_format),
-                                     purpose, size))
+                                     purpose, size, trusted_certs=trusted_certs))
 
 
 def explain(conf: cfg.ConfigOpts, image_id: str, target: str,
             virt_driver: str = 'libvirt', purpose: str = 'spawn',
-            size: int | None = None, disk_format: str = 'raw') -> FetchResult:
+            size: int | None = None, disk_format: str = 'raw',
+            trusted_certs: list[str] | None = None) -> FetchResult:
     """Every handler's verdict for every location; writes nothing."""
     chain = HandlerChain(conf, virt_driver=virt_driver)
     return chain.explain(chain.request(image_id, parse_target(target, disk_format),
-                                       purpose, size))
+                                       purpose, size, trusted_certs=trusted_certs))
 
 
 def copy(conf: cfg.ConfigOpts, source_url: str, target: str,

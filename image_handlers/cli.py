@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help='how a file target will be used: raw (the image\'s bytes, '
                             'like Nova\'s _base) or qcow2 (an instance disk that may '
                             'be an overlay backed by the image)')
+        p.add_argument('--trusted-cert', action='append', default=[],
+                       metavar='CERT_ID',
+                       help='a trusted certificate id in the key manager, as an '
+                            'instance\'s trusted_image_certificates (repeatable): '
+                            'the image\'s signature is then checked on every path '
+                            'and its signing certificate must chain to one of them')
     p = sub.add_parser('copy', parents=[common], help='stream SOURCE_URL to TARGET')
     p.add_argument('source_url')
     p.add_argument('target')
@@ -111,14 +117,16 @@ def _fail(args, code: int, exc: Exception) -> int:
 
 def _fetch(conf, args) -> int:
     result = api.fetch(conf, args.image_id, args.target, args.virt_driver,
-                       args.purpose, args.size, args.disk_format)
+                       args.purpose, args.size, args.disk_format,
+                       trusted_certs=args.trusted_cert)
     _emit(args, result)
     return EXIT_OK
 
 
 def _explain(conf, args) -> int:
     result = api.explain(conf, args.image_id, args.target, args.virt_driver,
-                         args.purpose, args.size, args.disk_format)
+                         args.purpose, args.size, args.disk_format,
+                         trusted_certs=args.trusted_cert)
     _emit(args, result)
     return EXIT_OK if result.handler else EXIT_NO_HANDLER
 

@@ -479,3 +479,17 @@ def test_the_locations_api_is_asked_with_the_service_users_own_token(
                                                   verify=False)]),
                          image_id, str(tmp_path / 'disk.raw'))
     assert 'locations API: 1 location(s)' in result.details['location_sources']
+
+
+def test_the_command_line_takes_trusted_certificates_like_an_instance(
+        signed_image, conf_file, cli, pki):
+    image_id = signed_image(image_bytes(1 * MiB, seed=108))
+    conf = conf_file(verify=False)      # the trusted certificates alone ask for it
+    good = cli('explain', image_id, 'rbd:vms/never-made', '--config-file', conf,
+               '--trusted-cert', pki.ca)
+    assert good.rc == 0, good
+    assert 'signature' in good.out and 'the snapshot is read once first' in good.out
+    bad = cli('explain', image_id, 'rbd:vms/never-made', '--config-file', conf,
+              '--trusted-cert', pki.other_ca)
+    assert bad.rc == 2, bad
+    assert 'is not trusted' in bad.err
