@@ -51,6 +51,13 @@ handler_opts = [
         help='Among locations of equal weight, try the one with the best '
              'throughput measured on this host first. Locations not measured yet '
              'are tried before measured ones so that each gets measured once.'),
+    cfg.FloatOpt(
+        'location_failure_half_life', default=600.0, min=0,
+        help='Seconds in which the failure score a location earns on this host '
+             'halves. Each failure (unreadable, timed out, wrong bytes) adds 1 and '
+             'a success halves it; while the score is above 0.5 the location is '
+             'tried after healthy ones of equal weight: one failure for one '
+             'half-life, two for two, four for three. 0 disables it.'),
     cfg.BoolOpt(
         'allow_unverified_copies', default=False,
         help='Copy images that have neither os_hash_value nor checksum. Off by '

@@ -2,8 +2,10 @@
 
 Handler order comes first (the deployer's list). Within a handler, locations are
 ordered by operator weight from location metadata (per-host weight, else global
-weight; higher first), then, when enabled, by throughput measured on this host
-(locations never measured first, so each gets measured), then by Glance's order.
+weight; higher first), then healthy before failed recently on this host (see
+throughput.py; off with location_failure_half_life = 0), then, when enabled, by
+throughput measured on this host (locations never measured first, so each gets
+measured), then by Glance's order.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import dataclasses
 import math
 
 from image_handlers.locations import Location
-from image_handlers.throughput import ThroughputStore
+from image_handlers.throughput import Health, ThroughputStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,25 +21,46 @@ class RankedLocation:
     location: Location
     weight: int
     mib_per_s: float | None
+    health: Health = Health()
+    throughput_used: bool = True
 
     @property
     def why(self) -> str:
         speed = ('not measured yet' if self.mib_per_s is None
                  else f'{self.mib_per_s:.0f} MiB/s measured here')
-        return f'weight {self.weight}, {speed}, Glance position {self.location.index}'
+        if self.mib_per_s is not None and not self.throughput_used:
+            speed += ' (not used: prefer_measured_throughput is off)'
+        failed = ''
+        if self.health.failed_recently:
+            failed = (f', failed {self.health.failures}x recently, last '
+                      f'{self.health.last_failure_ago:.0f} s ago: tried after healthy ones')
+        return (f'weight {self.weight}, {speed}{failed}, '
+                f'Glance position {self.location.index}')
+
+    def details(self) -> dict:
+        """The numbers behind ``why``, for explain's attempts."""
+        return {'rank': self.why, 'weight': self.weight, **self.health.to_dict()}
 
 
 def rank_locations(locations: list[Location], host: str,
-                   store: ThroughputStore | None) -> list[RankedLocation]:
+                   store: ThroughputStore | None,
+                   use_throughput: bool = True) -> list[RankedLocation]:
+    """``store`` None: weight and Glance order only; ``use_throughput`` False: the
+    store still puts recently failed locations last, but speed does not order."""
     measured = store.load() if store is not None else {}
 
-    def speed(loc: Location) -> float | None:
-        entry = measured.get(loc.endpoint_key)
-        return float(entry['mib_s']) if entry else None
+    def health(loc: Location) -> Health:
+        return store.health_of(measured, loc.endpoint_key) if store else Health()
 
-    ranked = [RankedLocation(loc, loc.weight_for(host), speed(loc)) for loc in locations]
+    ranked = []
+    for loc in locations:
+        h = health(loc)
+        ranked.append(RankedLocation(loc, loc.weight_for(host), h.mib_per_s, h,
+                                     use_throughput))
+    by_speed = store is not None and use_throughput
     ranked.sort(key=lambda r: (
         -r.weight,
-        -(math.inf if r.mib_per_s is None else r.mib_per_s) if store is not None else 0,
+        r.health.failed_recently,
+        -(math.inf if r.mib_per_s is None else r.mib_per_s) if by_speed else 0,
         r.location.index))
     return ranked

@@ -47,14 +47,24 @@ class Checkpoint:
 
     def matches(self, expected_size: int | None, checksum: str | None,
                 source_url: Any) -> str | None:
-        """Why this checkpoint cannot be resumed by the copy asked for, or None."""
+        """Why this checkpoint cannot be resumed by the copy asked for, or None.
+
+        A partial is bound to the image's hash, not to where it came from: with a
+        checksum, a prefix read from one location (Glance's data API, an http
+        server, an RBD snapshot, another Glance address) is resumed from any
+        other, because the final hash covers every byte. Without one, nothing
+        would prove the prefix: only the same URL resumes."""
         if self.expected_size != expected_size:
             return f'expected size was {self.expected_size}, now {expected_size}'
         if self.checksum != checksum:
             return f'checksum was {self.checksum}, now {checksum}'
-        if self.source.get('url') != source_url:
-            return 'the source URL differs'
+        if self.source.get('url') != source_url and checksum is None:
+            return ('the source URL differs, and no checksum would prove a prefix '
+                    'read from another source')
         return None
+
+    def same_source(self, source_url: Any) -> bool:
+        return self.source.get('url') == source_url
 
 
 def load(paths: CopyPaths) -> Checkpoint | None:

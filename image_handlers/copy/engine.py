@@ -104,6 +104,11 @@ def _reuse(job: CopyJob, paths: CopyPaths, cancel: CancelToken,
                       signature_verified=job.signature is not None)
 
 
+def _where(identity: dict) -> str:
+    """A checkpoint's source, for logs (sources keep no credentials in it)."""
+    return str(identity.get('url') or 'an unnamed source')
+
+
 def read_fd(fd: int, length: int, updates: list[Callable[[memoryview], None]],
             pool: BufferPool, cancel: CancelToken, description: str) -> None:
     """Feed the first ``length`` bytes of ``fd`` to each of ``updates`` (pread:
@@ -253,10 +258,19 @@ class _Transfer:
             os.ftruncate(self.fd, 0)
             return
         os.ftruncate(self.fd, old.offset)
-        self.identity = old.source
-        expect = getattr(job.source, 'expect', None)
-        if expect is not None:
-            expect(old.source)
+        if old.same_source(job.source.identity().get('url')):
+            self.identity = old.source      # its validators guard the resume
+            expect = getattr(job.source, 'expect', None)
+            if expect is not None:
+                expect(old.source)
+        else:
+            # Another location of the same image: its validators mean nothing
+            # here; the final hash (matches() insists on one) covers every byte.
+            LOG.info('%s: resuming the %d bytes copied from %s, now from %s: another '
+                     'location of the same image; the %s over every byte decides',
+                     job.description, old.offset, _where(old.source),
+                     job.source.description, job.checksum.algo)
+            self.identity = None
         self.offset = old.offset
         if self._digests() and old.offset:
             LOG.info('%s: resuming at byte %d of %s; hashing the kept bytes first',

@@ -23,6 +23,7 @@ class Faults:
     close_after: int | None = None    # close the connection after N body bytes
     close_every_time: bool = False    # ... on every response, not just the next one
     ignore_range: bool = False        # always answer 200 with the whole object
+    reject_range: bool = False        # answer 400 to a ranged GET (Glance's RBD store)
     wrong_bytes: bool = False         # flip one byte in the middle of the object
     status_once: int | None = None    # next request gets this status (e.g. 500)
     status_always: int | None = None  # every request gets this status (e.g. 404)
@@ -95,6 +96,8 @@ class FaultServer:
             if (faults.fail_from_request is not None
                     and len(self.requests) > faults.fail_from_request):
                 status = status or 503
+            if faults.reject_range and 'Range' in h.headers:
+                status = status or 400
             redirect = faults.redirects.get(h.path)
             close_after = None
             if redirect is None and status is None and h.path == self.path:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 
 import pytest
 
-from tests.functional.conftest import image_bytes
+from tests.copy.helpers import kill_9_at_checkpoint
+from tests.functional.conftest import VENV_BIN, image_bytes
 
 
 def _nginx_requests(nginx_lab, path: str) -> int:
@@ -63,3 +66,29 @@ def test_image_without_any_hash_is_refused(http_image, nova_conf, cli, tmp_path)
     assert ok.rc == 0, ok
     assert 'NOT verified' in [a for a in ok.json['attempts'] if a['outcome'] == 'used'][0]['reason']
     assert (tmp_path / 'd').read_bytes() == data
+
+
+def test_a_copy_killed_on_glances_data_api_resumes_from_the_http_location(
+        http_image, nginx_lab, nova_conf, cli, tmp_path):
+    """The partial is bound to the image's hash, not to the URL: a copy killed
+    while Glance proxied its http store resumes, in a later run allowed to read
+    the http server directly, from the byte the first one reached."""
+    data = image_bytes(16 << 20, seed=8)
+    image_id, url = http_image(data)
+    target = str(tmp_path / 'disk.raw')
+    slow = nova_conf('bandwidth_limit = 2097152\ncheckpoint_interval = 1048576\n'
+                     'copy_buffer_size = 262144')
+    seen = kill_9_at_checkpoint(
+        [os.path.join(VENV_BIN, 'image-handlers'), 'fetch', image_id, target,
+         '--config-file', slow], target, 2 << 20,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    direct = nova_conf('http_location_allowed_hosts = 127.0.0.1')
+    res = cli('fetch', image_id, target, '--config-file', direct, '--json')
+    assert res.rc == 0, res
+    out = res.json
+    assert out['location'] == url
+    assert seen <= out['details']['resumed_from'] < len(data)
+    assert out['bytes_copied'] == len(data) - out['details']['resumed_from']
+    assert 'another location of the same image' in res.err
+    with open(target, 'rb') as f:
+        assert f.read() == data

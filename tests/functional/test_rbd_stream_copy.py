@@ -325,6 +325,33 @@ def test_killed_rbd_copy_resumes(make_image, nova_conf, cli, tmp_path, ceph_lab)
     assert out['verified'] == 'sha512:' + hashlib.sha512(data).hexdigest()
 
 
+def test_a_copy_killed_reading_rbd_is_finished_from_glances_data_api(
+        make_image, nova_conf, cli, tmp_path, ceph_lab):
+    """The partial is bound to the image's hash, not to where it came from, so the
+    second run may read another location (here the RBD pool is not allowed for
+    it, so Glance's data API). Glance 33 answers 400 to a ranged GET of an image
+    in its RBD store: the copy is then read whole and verified, not failed."""
+    data = image_bytes(16 * MiB, seed=10)
+    image_id = make_image(data, backend='ceph')
+    target = str(tmp_path / 'disk.raw')
+    slow = nova_conf('handlers = stream_copy\nbandwidth_limit = 2097152\n'
+                     'checkpoint_interval = 1048576\ncopy_buffer_size = 262144')
+    kill_9_at_checkpoint(
+        [os.path.join(VENV_BIN, 'image-handlers'), 'fetch', image_id, target,
+         '--config-file', slow], target, 2 * MiB,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    no_rbd = nova_conf('handlers = stream_copy\nrbd_allowed_source_pools = elsewhere')
+    res = cli('fetch', image_id, target, '--config-file', no_rbd, '--json')
+    assert res.rc == 0, res
+    out = res.json
+    assert out['location'] == f'glance:{image_id} (image data API)'
+    assert 'another location of the same image' in res.err
+    assert 'refuses ranged reads' in res.err
+    assert out['details']['restarts_from_zero'] == 1
+    with open(target, 'rb') as f:
+        assert f.read() == data
+
+
 def test_checkpoint_of_a_recreated_image_is_discarded(cluster, rbd_admin, tmp_path):
     """Same pool, name and snapshot, same bytes, but another RBD image: the partial
     belongs to an object that no longer exists, so the copy starts over."""
