@@ -19,10 +19,10 @@ from image_handlers import exceptions
 from image_handlers.glance import GlanceReader, ImageSource
 from image_handlers.handlers.base import Decision, Handler, Refused, Request
 from image_handlers.locations import Location
-from image_handlers.ranking import rank_locations
+from image_handlers.ranking import RankedLocation, rank_locations
 from image_handlers.results import ELIGIBLE, FAILED, SKIPPED, USED, Attempt, FetchResult
 from image_handlers.targets import FileTarget, Target, parse_target
-from image_handlers.throughput import ThroughputStore
+from image_handlers.throughput import ThroughputStore, blames_location
 from image_handlers.trust.certificates import CertificateSource
 from image_handlers.trust.expectation import expect
 from image_handlers.trust.policy import TrustPolicy
@@ -81,6 +81,7 @@ class Verdict:
     location: Location | None
     decision: Decision | None
     reason: str
+    ranked: RankedLocation | None = None  # its rank, numbers and why
 
     @property
     def where(self) -> str | None:
@@ -98,7 +99,8 @@ class HandlerChain:
         self._glance = glance
         group = conf[ih_conf.GROUP]
         self.host = group.host
-        self.throughput = ThroughputStore(group.state_dir)
+        self.throughput = ThroughputStore(group.state_dir,
+                                          group.location_failure_half_life)
         self.use_throughput = group.prefer_measured_throughput
 
     @property
@@ -149,21 +151,22 @@ class HandlerChain:
             except Refused as refused:
                 yield Verdict(handler, None, None, str(refused))
                 continue
-            store = self.throughput if self.use_throughput else None
-            for ranked in rank_locations(candidates, self.host, store):
+            for ranked in rank_locations(candidates, self.host, self.throughput,
+                                         use_throughput=self.use_throughput):
                 try:
                     decision = handler.decide(request, ranked.location)
                 except Refused as refused:
-                    yield Verdict(handler, ranked.location, None, str(refused))
+                    yield Verdict(handler, ranked.location, None, str(refused), ranked)
                     continue
                 except exceptions.BadInput:
                     raise  # e.g. the target exists: no handler may touch it
                 except exceptions.ImageHandlerError as exc:
                     yield Verdict(handler, ranked.location, None,
-                                  f'could not decide: {exc}')
+                                  f'could not decide: {exc}', ranked)
                     continue
                 decision.plan.setdefault('rank', ranked.why)
-                yield Verdict(handler, ranked.location, decision, decision.reason)
+                yield Verdict(handler, ranked.location, decision, decision.reason,
+                              ranked)
 
     def _unusable(self, request: Request) -> list[Attempt]:
         """Locations no enabled handler will look at, each with the reason."""
@@ -190,8 +193,9 @@ class HandlerChain:
         result.attempts += self._unusable(request)
         for verdict in self._verdicts(request):
             outcome = ELIGIBLE if verdict.decision else SKIPPED
-            result.attempts.append(Attempt(verdict.handler.name, verdict.where,
-                                           outcome, verdict.reason))
+            result.attempts.append(Attempt(
+                verdict.handler.name, verdict.where, outcome, verdict.reason,
+                verdict.ranked.details() if verdict.ranked else {}))
             if verdict.decision and result.handler is None:
                 result.handler, result.location = verdict.handler.name, verdict.where
                 result.method = verdict.decision.method
@@ -221,11 +225,13 @@ class HandlerChain:
                 result.attempts.append(Attempt(handler.name, where, FAILED, reason))
                 LOG.warning('image %s: handler %s failed on %s, trying the next: %s',
                             request.image.id, handler.name, where, reason)
+                if location is not None and blames_location(exc):
+                    self.throughput.record_failure(location.endpoint_key)
                 continue
             seconds = time.monotonic() - t0
             result.attempts.append(Attempt(handler.name, where, USED, verdict.reason))
             result.use(handler.name, where, provided)
-            if location is not None and provided.bytes_copied:
+            if location is not None:  # also halves the location's failure score
                 self.throughput.record(location.endpoint_key,
                                        provided.bytes_copied, seconds)
             result.seconds = time.monotonic() - start

@@ -238,6 +238,8 @@ def _print_result(result: FetchResult) -> None:
     for a in result.attempts:
         print(f'    {a.outcome:<8} {a.handler:<12} {a.location or "-"}')
         print(f'             {a.reason}')
+        if a.details.get('rank'):  # explain: speed and recent failures here
+            print(f'             rank: {a.details["rank"]}')
 
 
 if __name__ == '__main__':

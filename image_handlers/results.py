@@ -79,10 +79,14 @@ class Attempt:
     location: str | None
     outcome: str
     reason: str
+    # explain: the location's rank and what this host measured of it (weight,
+    # mib_per_s or None, recent_failures, last_failure_seconds_ago, failure_score)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {'handler': self.handler, 'location': self.location,
-                'outcome': self.outcome, 'reason': self.reason}
+                'outcome': self.outcome, 'reason': self.reason,
+                'details': self.details}
 
 
 @dataclasses.dataclass

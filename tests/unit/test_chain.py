@@ -222,3 +222,44 @@ def test_unknown_image_is_bad_input(conf):
     ch = chain_of(conf, image('http://a/x'), Scripted(conf, 'a'))
     with pytest.raises(exceptions.ImageNotFound):
         ch.request('other', FileTarget(kind=FILE, path='/tmp/never'))
+
+
+class FailsOn(Scripted):
+    """Fails acting on the given URLs with the given error, serves the others."""
+
+    def __init__(self, conf, name, errors):
+        super().__init__(conf, name)
+        self.errors = errors
+
+    def act(self, request, location, decision):
+        self.acted.append(location.url)
+        if location.url in self.errors:
+            raise self.errors[location.url]
+        return self.provided
+
+
+def test_a_location_that_failed_is_tried_after_healthy_ones_and_explain_says_so(conf):
+    img = image('http://a/x', 'http://b/x')
+    flaky = FailsOn(conf, 'flaky', {'http://a/x': exceptions.SourceError('HTTP 500')})
+    result = run(conf, img, flaky)
+    assert [(a.location, a.outcome) for a in result.attempts] == [
+        ('http://a/x', FAILED), ('http://b/x', USED)]
+
+    ch = chain_of(conf, img, FailsOn(conf, 'flaky', {}))
+    out = ch.explain(ch.request(img.id, FileTarget(kind=FILE, path='/tmp/never')))
+    assert out.location == 'http://b/x'       # the healthy one first now
+    assert [a.location for a in out.attempts] == ['http://b/x', 'http://a/x']
+    failed = out.attempts[1].to_dict()['details']
+    assert failed['recent_failures'] == 1 and failed['mib_per_s'] is None
+    assert 'failed 1x recently' in failed['rank']
+    assert out.attempts[0].details['recent_failures'] == 0
+
+
+def test_failures_that_say_nothing_about_the_location_are_not_recorded(conf):
+    img = image('http://a/x', 'http://b/x')
+    full = FailsOn(conf, 'full', {'http://a/x': exceptions.DiskFull('no space')})
+    run(conf, img, full)
+    ch = chain_of(conf, img, FailsOn(conf, 'full', {}))
+    out = ch.explain(ch.request(img.id, FileTarget(kind=FILE, path='/tmp/never')))
+    assert out.location == 'http://a/x'
+    assert all(a.details['recent_failures'] == 0 for a in out.attempts)
