@@ -102,6 +102,8 @@ class GlanceService(LabService):
                  ceph: Any = None,
                  file_stores: Mapping[str, tuple[Path | str, Mapping[str, str]]] | None = None,
                  keystone: Any = None,
+                 rbd_stores: Mapping[str, tuple[Any, str]] | None = None,
+                 catalog: bool = True,
                  name: str | None = None,
                  run_dir: Path | None = None) -> None:
         """port: fixed port (else $IH_LAB_GLANCE_PORT for the default instance, else
@@ -117,6 +119,11 @@ class GlanceService(LabService):
         keystone: a started KeystoneService: keystonemiddleware's auth_token (as the
         glance service user) instead of the lab tokens; registers ``image`` in the
         catalog. Clients: ``keystone_client(user, project)``.
+        rbd_stores: more rbd stores, ``{store: (started CephService, pool)}`` (e.g. on
+        a second lab cluster): an upload or copy-image to store lands in
+        ``rbd://<that fsid>/<pool>/<id>/snap``.
+        catalog: False keeps a Glance behind Keystone out of the catalog (clients then
+        need its endpoint), so it can run beside the one registered as ``image``.
         name: instance name (work dir), for a Glance beside the default "glance"."""
         super().__init__(run_dir, name=name)
         self.venv = Path(venv or GLANCE_VENV)
@@ -127,6 +134,8 @@ class GlanceService(LabService):
         self.ceph = ceph
         self.file_stores = _check_file_stores(file_stores or {})
         self.keystone = keystone
+        self.rbd_stores = _check_rbd_stores(rbd_stores or {}, self.file_stores)
+        self.catalog = catalog
 
     # -- where things are -------------------------------------------------------
     @property
@@ -189,6 +198,7 @@ class GlanceService(LabService):
                 and self.state.get("keystone_auth_url")
                 == (self.keystone.auth_url if self.keystone else None)
                 and (self.state.get("file_stores") or {}) == self.file_stores
+                and (self.state.get("rbd_stores") or {}) == self._rbd_store_state()
                 and all(Path(c["datadir"]).is_dir() for c in self.file_stores.values()))
 
     def is_healthy(self) -> bool:
@@ -197,9 +207,12 @@ class GlanceService(LabService):
     def start(self) -> "GlanceService":
         """Start (or reuse) Glance; behind Keystone, (re)register it as ``image``."""
         super().start()
-        if self.keystone is not None:
+        if self.keystone is not None and self.catalog:
             self.keystone.register_endpoint("image", "glance", self.endpoint)
         return self
+
+    def _rbd_store_state(self) -> dict[str, list[str]]:
+        return {store: [ceph.fsid, pool] for store, (ceph, pool) in self.rbd_stores.items()}
 
     # -- config files ---------------------------------------------------------------
     def _api_conf(self) -> str:
@@ -215,6 +228,13 @@ class GlanceService(LabService):
                            f"rbd_store_chunk_size = 8\nrados_connect_timeout = 10\n\n")
             self.state["ceph_fsid"] = self.ceph.fsid
         file_backends = "".join(f", {store}:file" for store in self.file_stores)
+        file_backends += "".join(f", {store}:rbd" for store in self.rbd_stores)
+        for store, (ceph, pool) in self.rbd_stores.items():
+            rbd_section += (f"[{store}]\nrbd_store_pool = {pool}\nrbd_store_user = admin\n"
+                            f"rbd_store_ceph_conf = {ceph.conf_path}\n"
+                            f"rbd_store_chunk_size = 8\nrados_connect_timeout = 10\n\n")
+        if self.rbd_stores:
+            self.state["rbd_stores"] = self._rbd_store_state()
         auth_section = ""
         if self.keystone is not None:
             from .keystone import DOMAIN, SERVICE_PROJECT, password_of
@@ -383,6 +403,18 @@ worker-reload-mercy = 5
         """Shell exports for clients (glance CLI with --os-auth-token, our tests)."""
         return (f"export IH_LAB_GLANCE_ENDPOINT={self.endpoint}\n"
                 f"export OS_IMAGE_URL={self.endpoint}\nexport OS_AUTH_TOKEN={token}\n")
+
+
+def _check_rbd_stores(stores: Mapping[str, tuple[Any, str]],
+                      file_stores: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
+    """rbd_stores as given, refusing names a config section or store already has."""
+    for store, (_ceph, pool) in stores.items():
+        if (not re.fullmatch(r"[a-z][a-z0-9_-]*", store) or store in RESERVED_STORE_NAMES
+                or store in file_stores):
+            raise ValueError(f"bad, reserved or duplicate rbd store name {store!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", pool):
+            raise ValueError(f"rbd store {store}: bad pool name {pool!r}")
+    return dict(stores)
 
 
 def _check_file_stores(stores: Mapping[str, tuple[Path | str, Mapping[str, str]]]
