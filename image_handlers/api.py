@@ -44,12 +44,14 @@ def make_conf(config_files: list[str] | None = None,
 def fetch(conf: cfg.ConfigOpts, image_id: str, target: str, virt_driver: str = 'libvirt',
           purpose: str = 'spawn', size: int | None = None,
           disk_format: str = 'raw',
-          trusted_certs: list[str] | None = None) -> FetchResult:
+          trusted_certs: list[str] | None = None,
+          images_type: str | None = None) -> FetchResult:
     """Provide ``image_id`` at ``target`` (a path, or rbd:POOL/NAME) to be used as a
     ``disk_format`` disk; raises NoHandlerAvailable with every reason, Untrusted
     when no path could trust the image (``trusted_certs``: an instance's trusted
-    certificate ids)."""
-    chain = HandlerChain(conf, virt_driver=virt_driver)
+    certificate ids). ``images_type``: Nova's image backend whose handler order
+    applies ([image_handlers] images_type_handlers)."""
+    chain = HandlerChain(conf, virt_driver=virt_driver, images_type=images_type)
     return chain.fetch(chain.request(image_id, parse_target(target, disk_format),
                                      purpose, size, trusted_certs=trusted_certs))
 
@@ -57,9 +59,10 @@ def fetch(conf: cfg.ConfigOpts, image_id: str, target: str, virt_driver: str = '
 def explain(conf: cfg.ConfigOpts, image_id: str, target: str,
             virt_driver: str = 'libvirt', purpose: str = 'spawn',
             size: int | None = None, disk_format: str = 'raw',
-            trusted_certs: list[str] | None = None) -> FetchResult:
+            trusted_certs: list[str] | None = None,
+            images_type: str | None = None) -> FetchResult:
     """Every handler's verdict for every location; writes nothing."""
-    chain = HandlerChain(conf, virt_driver=virt_driver)
+    chain = HandlerChain(conf, virt_driver=virt_driver, images_type=images_type)
     return chain.explain(chain.request(image_id, parse_target(target, disk_format),
                                        purpose, size, trusted_certs=trusted_certs))
 

@@ -91,11 +91,12 @@ class Verdict:
 class HandlerChain:
     def __init__(self, conf: cfg.ConfigOpts, virt_driver: str = 'libvirt',
                  glance: ImageSource | None = None,
-                 handlers: list[Handler] | None = None):
+                 handlers: list[Handler] | None = None, images_type: str | None = None):
         self.conf = conf
         self.virt_driver = virt_driver
+        self.images_type = images_type      # Nova's [libvirt] images_type, if known
         self.handlers = handlers if handlers is not None else load_handlers(
-            conf, ih_conf.handler_order(conf, virt_driver))
+            conf, ih_conf.handler_order(conf, virt_driver, images_type))
         self._glance = glance
         group = conf[ih_conf.GROUP]
         self.host = group.host

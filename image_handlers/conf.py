@@ -35,7 +35,20 @@ handler_opts = [
         help='Per-hypervisor override of "handlers": virt driver name to a '
              '"+"-separated ordered list, e.g. '
              '"libvirt:rbd_clone+shared_fs+stream_copy,vmwareapi:stream_copy". '
-             'A virt driver not listed uses "handlers".'),
+             'A virt driver not listed uses "images_type_handlers", then '
+             '"handlers". An entry here wins over both, so a libvirt entry makes '
+             '"images_type_handlers" unused for libvirt.'),
+    cfg.DictOpt(
+        'images_type_handlers', default={},
+        help='Per-image-backend override of "handlers": a Nova [libvirt] '
+             'images_type (rbd, qcow2, flat, raw, lvm, ploop) to a "+"-separated '
+             'ordered list, e.g. "qcow2:iscsi_cor+shared_fs+stream_copy,'
+             'rbd:rbd_clone+stream_copy". "default" means what Nova makes of it: '
+             'qcow2 with [DEFAULT] use_cow_images, else flat; raw and flat are the '
+             'same backend, so an entry for either serves both (the exact name '
+             'first). Precedence: the "virt_driver_handlers" entry of the virt '
+             'driver, then the entry of the images_type here, then "handlers". '
+             'The command takes --images-type (default: [libvirt] images_type).'),
     cfg.StrOpt(
         'host', default=socket.gethostname(), sample_default='<hostname>',
         help='Name of this host as used in the "host_weights" metadata of image '
@@ -80,6 +93,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     for handler in _installed_handler_classes():
         handler.register_opts(conf)
     _register_glance_opts(conf)
+    _register_nova_backend_opts(conf)
 
 
 def register_missing(conf: cfg.ConfigOpts, opts, group: str) -> None:
@@ -124,6 +138,20 @@ def _register_glance_opts(conf: cfg.ConfigOpts) -> None:
     conf.set_default('service_type', 'image', group=GLANCE_GROUP)
 
 
+def _register_nova_backend_opts(conf: cfg.ConfigOpts) -> None:
+    """Nova's image backend choice, so the command reads it from nova.conf too."""
+    conf.register_group(cfg.OptGroup('libvirt'))
+    register_missing(conf, [
+        cfg.StrOpt('images_type', default='default',
+                   help='Nova\'s image backend of instance disks (Nova\'s option).'),
+    ], 'libvirt')
+    if 'use_cow_images' not in conf:       # [DEFAULT]
+        conf.register_opt(cfg.BoolOpt(
+            'use_cow_images', default=True,
+            help='Nova\'s qcow2 instance disks for images_type "default" '
+                 '(Nova\'s option).'))
+
+
 def list_opts():
     """oslo-config-generator entry point: the core options, then each installed
     handler's, each option once."""
@@ -133,10 +161,42 @@ def list_opts():
     return [(GROUP, list(opts.values()))]
 
 
-def handler_order(conf: cfg.ConfigOpts, virt_driver: str | None) -> list[str]:
-    """The ordered handler names enabled for ``virt_driver``."""
+# Nova's images_type values that name the same backend (imagebackend.Flat).
+_SAME_BACKEND = {'raw': 'flat', 'flat': 'raw'}
+
+
+def effective_images_type(conf: cfg.ConfigOpts,
+                          name: str | None = None) -> str | None:
+    """Nova's image backend: ``name``, default ``[libvirt] images_type``, with
+    "default" resolved as Nova's imagebackend does (qcow2 with use_cow_images, else
+    flat); None when neither is known."""
+    if name is None:
+        try:
+            name = conf.libvirt.images_type
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+            return None
+    if name == 'default':
+        try:
+            cow = conf.use_cow_images
+        except cfg.NoSuchOptError:
+            cow = True
+        return 'qcow2' if cow else 'flat'
+    return name or None
+
+
+def handler_order(conf: cfg.ConfigOpts, virt_driver: str | None,
+                  images_type: str | None = None) -> list[str]:
+    """The ordered handler names enabled for ``virt_driver`` and the image backend
+    ``images_type``: the virt driver's entry in virt_driver_handlers, else the
+    backend's in images_type_handlers, else ``handlers``."""
     group = conf[GROUP]
     override = group.virt_driver_handlers.get(virt_driver or '') if virt_driver else None
+    backend = effective_images_type(conf, images_type) if images_type else None
+    if override is None and backend:
+        by_backend = group.images_type_handlers
+        override = by_backend.get(backend)
+        if override is None and backend in _SAME_BACKEND:
+            override = by_backend.get(_SAME_BACKEND[backend])
     if override is not None:
         return [n.strip() for n in override.split('+') if n.strip()]
     return [n.strip() for n in group.handlers if n.strip()]

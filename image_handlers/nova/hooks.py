@@ -70,7 +70,7 @@ _PURPOSE_OF_TASK = {
     task_states.RESIZE_FINISH: 'resize',
 }
 
-_chain: HandlerChain | None = None
+_chains: dict[str | None, HandlerChain] = {}     # by images_type
 _chain_lock = threading.Lock()
 
 
@@ -78,25 +78,30 @@ def enabled() -> bool:
     return CONF[ih_conf.GROUP].nova_integration
 
 
-def chain() -> HandlerChain:
-    """One chain per process: handlers load once, RADOS connections are kept.
-    Jobs whose worker died with an earlier nova-compute are resumed here."""
-    global _chain
+def chain(images_type: str | None = None) -> HandlerChain:
+    """One chain per process and image backend (``images_type``, default this
+    host's [libvirt] images_type: [image_handlers] images_type_handlers may give
+    each its own order): handlers load once, RADOS connections are kept. Jobs
+    whose worker died with an earlier nova-compute are resumed with the first."""
+    backend = ih_conf.effective_images_type(CONF, images_type)
     with _chain_lock:
-        if _chain is None:
-            _chain = HandlerChain(CONF, virt_driver='libvirt')
-            try:
-                jobs_runner.resume_orphans(CONF)
-            except Exception as exc:  # noqa: BLE001 - never block a boot on this
-                LOG.error('image_handlers: could not resume unfinished jobs: %s', exc)
-        return _chain
+        if backend not in _chains:
+            first = not _chains
+            _chains[backend] = HandlerChain(CONF, virt_driver='libvirt',
+                                            images_type=backend)
+            if first:
+                try:
+                    jobs_runner.resume_orphans(CONF)
+                except Exception as exc:  # noqa: BLE001 - never block a boot on this
+                    LOG.error('image_handlers: could not resume unfinished jobs: %s',
+                              exc)
+        return _chains[backend]
 
 
 def reset() -> None:
-    """Forget the chain, so the next request reads the configuration again."""
-    global _chain
+    """Forget the chains, so the next request reads the configuration again."""
     with _chain_lock:
-        _chain = None
+        _chains.clear()
 
 
 def purpose_of(instance) -> str:

@@ -235,7 +235,7 @@ def test_integration_off_changes_nothing(nova_env, make_image, instance,
     backend = create_root_disk(inst, image_id)
 
     assert backend.exists()
-    assert hooks._chain is None
+    assert not hooks._chains
     assert not [r for r in caplog.records if r.name.startswith('image_handlers')]
     part = tmp_path / 'x.part'
     assert hooks.download(context, image_id, str(part)) is False
