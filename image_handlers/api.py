@@ -31,6 +31,7 @@ def make_conf(config_files: list[str] | None = None,
     logging.register_options(conf)
     args: list[str] = []
     for path in config_files or []:
+        _check_readable(path)
         args += ['--config-file', path]
     for path in config_dirs or []:
         args += ['--config-dir', path]
@@ -39,6 +40,21 @@ def make_conf(config_files: list[str] | None = None,
     if setup_logging:
         logging.setup(conf, 'image_handlers')
     return conf
+
+
+def _check_readable(path: str) -> None:
+    """ConfigError naming a given config file that cannot be read (oslo.config's
+    own error for a directory or an unreadable file is a bare OSError)."""
+    try:
+        with open(path, 'rb'):
+            pass
+    except FileNotFoundError:
+        raise exceptions.ConfigError(
+            f'config file {path} does not exist (--config-file)') from None
+    except OSError as exc:
+        raise exceptions.ConfigError(
+            f'cannot read config file {path} (--config-file): '
+            f'{exc.strerror or exc}') from None
 
 
 def fetch(conf: cfg.ConfigOpts, image_id: str, target: str, virt_driver: str = 'libvirt',

@@ -14,6 +14,7 @@ from oslo_log import log as logging
 
 from image_handlers import api
 from image_handlers import chain as ih_chain
+from image_handlers import cli_progress
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
 from image_handlers.locations import redact_url
@@ -23,6 +24,8 @@ LOG = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_NO_HANDLER, EXIT_BAD_INPUT = 0, 1, 2
 COPY_HANDLER = 'stream_copy'   # what ``copy`` reports: the same engine, no Glance
+DEFAULT_CONFIG = '/etc/nova/nova.conf'
+NEEDS_GLANCE = ('fetch', 'explain')   # the others work without any config file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument('--debug', action='store_true', help='log at DEBUG')
 
     parser = _Parser(prog='image-handlers', description=__doc__.splitlines()[0])
+    # Also before the command, as nova-manage and glance-manage take them; these
+    # come first, then the command's own.
+    parser.add_argument('--config-file', action='append', default=[],
+                        dest='config_file_before', metavar='CONFIG_FILE',
+                        help='nova.conf-style file (repeatable), here or after the '
+                             'command; default: /etc/nova/nova.conf')
+    parser.add_argument('--config-dir', action='append', default=[],
+                        dest='config_dir_before', metavar='CONFIG_DIR')
     sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
     for name, helptext in (('fetch', 'provide IMAGE_ID at TARGET'),
                            ('explain', 'dry run: every handler\'s verdict, nothing written')):
@@ -64,10 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
                             'instance\'s trusted_image_certificates (repeatable): '
                             'the image\'s signature is then checked on every path '
                             'and its signing certificate must chain to one of them')
+        if name == 'fetch':
+            _add_no_progress(p)
+        p.add_argument('--images-type', default=None, metavar='IMAGES_TYPE',
+                       help='Nova\'s image backend (rbd, qcow2, flat, raw, ...) whose '
+                            'handler order applies ([image_handlers] '
+                            'images_type_handlers); default: [libvirt] images_type '
+                            'of the config ("default": qcow2, or flat without '
+                            'use_cow_images)')
     p = sub.add_parser('copy', parents=[common], help='stream SOURCE_URL to TARGET')
     p.add_argument('source_url')
     p.add_argument('target')
     p.add_argument('--checksum', help='ALGO:HEX, e.g. sha256:0123...')
+    _add_no_progress(p)
     sub.add_parser('handlers', parents=[common],
                    help='installed handlers and the enabled order per hypervisor')
     p = sub.add_parser('jobs', parents=[common],
@@ -76,13 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('job_id', nargs='?')
     p.add_argument('--timeout', type=float, default=None,
                    help='with wait: give up after this many seconds (exit 1)')
+    _add_no_progress(p)
     return parser
+
+
+def _add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--no-progress', action='store_true',
+                   help='no progress bar (one is drawn on stderr only when it is '
+                        'a terminal)')
+
+
+def _progress_bar(args) -> cli_progress.Bar:
+    return cli_progress.Bar(enabled=False if args.no_progress else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.config_file = args.config_file_before + args.config_file
+    args.config_dir = args.config_dir_before + args.config_dir
     try:
         conf = api.make_conf(args.config_file, args.config_dir)
+        if args.command in NEEDS_GLANCE:
+            _require_config(conf)
         if args.debug:
             conf.set_override('debug', True)
         # stdout carries the result only (--json must parse); logs go to stderr.
@@ -108,6 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _require_config(conf) -> None:
+    """ConfigError when no file was given and oslo.config found none of Nova's
+    (~/.nova/, ~/, /etc/nova/, /etc/ nova.conf, nova.conf.d): Glance's endpoint and
+    credentials would be missing, and keystoneauth says only "An auth plugin is
+    required to determine endpoint URL"."""
+    if not conf.config_file and not conf.config_dir:
+        raise exceptions.ConfigError(
+            f'no configuration: {DEFAULT_CONFIG} does not exist; pass --config-file '
+            f'PATH (a nova.conf with [glance] and [image_handlers])')
+
+
 def _fail(args, code: int, exc: Exception) -> int:
     if getattr(args, 'json', False):
         print(json.dumps({'error': str(exc), 'error_type': type(exc).__name__}))
@@ -116,9 +162,11 @@ def _fail(args, code: int, exc: Exception) -> int:
 
 
 def _fetch(conf, args) -> int:
-    result = api.fetch(conf, args.image_id, args.target, args.virt_driver,
-                       args.purpose, args.size, args.disk_format,
-                       trusted_certs=args.trusted_cert)
+    with _progress_bar(args) as bar, bar.copies():
+        result = api.fetch(conf, args.image_id, args.target, args.virt_driver,
+                           args.purpose, args.size, args.disk_format,
+                           trusted_certs=args.trusted_cert,
+                           images_type=_images_type(conf, args))
     _emit(args, result)
     return EXIT_OK
 
@@ -126,9 +174,15 @@ def _fetch(conf, args) -> int:
 def _explain(conf, args) -> int:
     result = api.explain(conf, args.image_id, args.target, args.virt_driver,
                          args.purpose, args.size, args.disk_format,
-                         trusted_certs=args.trusted_cert)
+                         trusted_certs=args.trusted_cert,
+                         images_type=_images_type(conf, args))
     _emit(args, result)
     return EXIT_OK if result.handler else EXIT_NO_HANDLER
+
+
+def _images_type(conf, args) -> str | None:
+    """--images-type, else the config's [libvirt] images_type ("default" resolved)."""
+    return ih_conf.effective_images_type(conf, args.images_type or None)
 
 
 def _copy(conf, args) -> int:
@@ -137,7 +191,8 @@ def _copy(conf, args) -> int:
     location = redact_url(args.source_url)
     result = FetchResult(image_id=None, target=args.target)
     try:
-        copied = api.copy(conf, args.source_url, args.target, args.checksum).wait()
+        with _progress_bar(args) as bar, bar.copies():
+            copied = api.copy(conf, args.source_url, args.target, args.checksum).wait()
     except exceptions.BadInput:
         raise
     except exceptions.ImageHandlerError as exc:
@@ -162,6 +217,8 @@ def _handlers(conf, args) -> int:
     orders = {'(default)': ih_conf.handler_order(conf, None)}
     for driver in sorted(group.virt_driver_handlers):
         orders[driver] = ih_conf.handler_order(conf, driver)
+    for backend in sorted(group.images_type_handlers):
+        orders[f'images_type {backend}'] = ih_conf.handler_order(conf, None, backend)
     if args.json:
         print(json.dumps({'installed': installed, 'enabled': orders}, indent=2))
         return EXIT_OK
@@ -187,7 +244,8 @@ def _jobs(conf, args) -> int:
         jobs = [runner.cancel(conf, args.job_id)]
     else:
         try:
-            jobs = [runner.wait(conf, args.job_id, args.timeout)]
+            with _progress_bar(args) as bar:
+                jobs = [runner.wait(conf, args.job_id, args.timeout, watch=bar.job())]
         except TimeoutError as exc:
             print(f'error: {exc}', file=sys.stderr)
             return EXIT_NO_HANDLER

@@ -1,13 +1,31 @@
 """Progress of a copy: read by ``CopyTask.progress``, logged every few seconds
-so an operator watching nova-compute's log sees a long copy move."""
+so an operator watching nova-compute's log sees a long copy move, and shown to
+``observe()`` callbacks (the command's progress bar) as it changes."""
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
+
+# Called with the Progress on every start and update, on the copy's thread; a
+# tuple, replaced whole, so a copy never sees it change under its feet.
+_observers: tuple[Callable[['Progress'], None], ...] = ()
+
+
+@contextlib.contextmanager
+def observe(callback: Callable[['Progress'], None]) -> Iterator[None]:
+    """Call ``callback(progress)`` on every copy's progress while inside; it must
+    be quick (it runs on the copy's thread, once per buffer)."""
+    global _observers
+    _observers += (callback,)
+    try:
+        yield
+    finally:
+        _observers = tuple(o for o in _observers if o is not callback)
 
 
 class Progress:
@@ -28,11 +46,15 @@ class Progress:
     def start(self, done: int, total: int | None) -> None:
         self.done, self.total = done, total
         self._started = self._last_log = self._clock()
+        for observer in _observers:
+            observer(self)
 
     def update(self, done: int, received: int) -> None:
         """Record ``done`` bytes in the file, ``received`` from the source in
         this run; log when ``interval`` has passed since the last line."""
         self.done = done
+        for observer in _observers:
+            observer(self)
         now = self._clock()
         if now - self._last_log < self.interval:
             return

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -147,12 +148,15 @@ def cancel(conf: cfg.ConfigOpts, job_id: str) -> Job:
 
 
 def wait(conf: cfg.ConfigOpts, job_id: str, timeout: float | None = None,
-         poll: float = 0.1) -> Job:
-    """Block until the job ends (TimeoutError after ``timeout`` seconds)."""
+         poll: float = 0.1, watch: Callable[[Job], None] | None = None) -> Job:
+    """Block until the job ends (TimeoutError after ``timeout`` seconds);
+    ``watch`` is called with the job record each time it is read."""
     jobs = store(conf)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         job = jobs.get(job_id)
+        if watch is not None:
+            watch(job)
         if job.finished:
             return job
         if (job.state == RUNNING and not jobs.is_running(job_id)
