@@ -247,6 +247,34 @@ class HandlerChain:
             f'no handler could provide image {request.image.id} for '
             f'{request.target.display}: {reasons}', result)
 
+    def prepare(self, request: Request) -> FetchResult:
+        """Pre-cache: do now, once, what the first disk of the image would do (verify
+        a source, have it copied into this cluster), without making a disk. The
+        handler fetch would use prepares; ``result.method`` says what it did, or
+        'nothing' when the image is ready as it is. NoHandlerAvailable with every
+        reason when no handler could serve the image here."""
+        result = FetchResult(image_id=request.image.id, target=request.target.display)
+        result.attempts += self._unusable(request)
+        for verdict in self._verdicts(request):
+            if verdict.decision is None:
+                result.attempts.append(Attempt(verdict.handler.name, verdict.where,
+                                               SKIPPED, verdict.reason))
+                continue
+            done = verdict.handler.prepare(request, verdict.location, verdict.decision)
+            result.attempts.append(Attempt(verdict.handler.name, verdict.where, USED,
+                                           verdict.reason))
+            result.handler, result.location = verdict.handler.name, verdict.where
+            result.method = done or 'nothing'
+            LOG.info('image %s: ready for %s disks through %s from %s: %s',
+                     request.image.id, request.target.kind, result.handler,
+                     result.location, result.method)
+            return result
+        reasons = '; '.join(f'{a.handler}@{a.location or "-"}: {a.reason}'
+                            for a in result.attempts)
+        raise exceptions.NoHandlerAvailable(
+            f'no handler could make image {request.image.id} ready for '
+            f'{request.target.display}: {reasons}', result)
+
     def _log_not_used(self, request: Request, handler: Handler, where, reason) -> None:
         level = LOG.info if handler.zero_copy else LOG.debug
         level('image %s: %s not used for %s: %s', request.image.id, handler.name,

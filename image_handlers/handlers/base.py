@@ -114,6 +114,13 @@ class Handler(abc.ABC):
         """How this handler would serve ``request`` from ``location``; raise
         Refused(reason) when it cannot. Never changes state."""
 
+    def prepare(self, request: Request, location: Location,
+                decision: Decision) -> str | None:
+        """Pre-cache: do now what the first disk would do once (verify a source,
+        bring the image into this host's storage), making no disk. Returns what was
+        done, or None when nothing needs doing ahead of a disk (the default)."""
+        return None
+
     @abc.abstractmethod
     def act(self, request: Request, location: Location, decision: Decision) -> Provided:
         """Provide the image at the target; raise with a clear message on failure,

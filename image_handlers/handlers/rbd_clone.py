@@ -223,6 +223,17 @@ class RbdCloneHandler(Handler):
                                  'flattened': plan['flatten'],
                                  'clone_depth': plan['depth']})
 
+    def prepare(self, request: Request, location: Location,
+                decision: Decision) -> str | None:
+        """Pre-cache: the clone itself is O(1); what the first one would pay is
+        reading the snapshot to verify it, so that is done now."""
+        if not decision.plan['verify']:
+            return None
+        cluster = rbd_cluster.get_cluster(self.settings)
+        self._verify_snapshot(request, location, cluster, decision.plan['identity'])
+        return (f'snapshot {location.pool}/{location.image}@{location.snapshot} '
+                f'verified ({request.expect.describe()})')
+
     def _verified(self, request: Request, plan: dict) -> str | None:
         expect = request.expect
         if self.verdicts.verified(request.image.id, expect.key, plan['identity']):

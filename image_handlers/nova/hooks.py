@@ -10,6 +10,8 @@ check that a location names the image's own data.
 ``provide_disk`` comes first for Nova's Qcow2 backend: a zero-copy handler makes
 the instance disk itself (an iscsi_cor copy-on-read overlay on the image's LUN, a
 shared_fs overlay on a pin of the shared file), and no ``_base`` is fetched.
+``precache`` comes first in ``cache_image`` (aggregate image pre-caching): an RBD
+host makes the image ready in its cluster instead of filling ``_base``.
 ``guest_xml`` opens disks still filling from a LUN with ``copy_on_read='on'`` and
 hands their fill to the guest's qemu; ``release`` stops the fills of an instance
 that leaves the host.
@@ -167,6 +169,32 @@ def provide_disk(backend, context, image_id: str, instance, size: int | None) ->
              backend.path, result.handler, result.method,
              f'job {result.job} completes it' if result.job else 'complete')
     return True
+
+
+def precache(context, image_id: str) -> bool | None:
+    """``LibvirtDriver.cache_image`` (compute API 2.81 pre-caching) asks first.
+
+    An RBD host needs no ``_base`` file: the chain makes the image ready in the
+    local cluster instead (its snapshot verified once, or the image copied into
+    the cluster by Glance) so the first boot is O(1). True when that took work
+    (Nova reports 'cached'), False when it was ready ('existing'). None for file
+    backends: Nova's own cache_image writes ``_base`` through images.fetch, so
+    through ``download``. ImageUnacceptable (Nova reports 'error') naming every
+    reason when this host cannot use the image."""
+    if not enabled() or CONF.libvirt.images_type != 'rbd':
+        return None
+    probe = RbdTarget(kind=RBD, pool=CONF.libvirt.images_rbd_pool,
+                      name=f'image-handlers-precache-{image_id}')   # never made
+    handlers = chain()
+    try:
+        request = handlers.request(image_id, probe, 'precache', None,
+                                   source=NovaImageSource(context))
+        result = handlers.prepare(request)
+    except (exceptions.NoHandlerAvailable, exceptions.BadInput) as exc:
+        LOG.error('image %s: cannot be pre-cached for RBD disks on this host: %s',
+                  image_id, exc)
+        raise nova_exception.ImageUnacceptable(image_id=image_id, reason=str(exc))
+    return result.method != 'nothing'
 
 
 def guest_xml(xml: str, instance) -> str:
