@@ -135,7 +135,7 @@ class HandlerChain:
                        purpose=purpose, size=size, glance_endpoint=glance.endpoint,
                        glance_auth_headers=glance.auth_headers,
                        zero_copy_only=zero_copy_only,
-                       expect=expect(image, policy, certificates))
+                       expect=expect(image, policy, certificates), image_source=glance)
 
     # -- the plan -----------------------------------------------------------------
 

@@ -48,6 +48,10 @@ class ImageSource(Protocol):
     def key_manager_context(self) -> Any:
         """A context castellan reads signing certificates with (oslo.context)."""
 
+    # Optional (rbd_import uses them when there): copy_to_store(image_id, store) ->
+    # glance_import.STARTED/BUSY/PRESENT, and glance_info() -> {'stores': GET
+    # /v2/info/stores, 'import': GET /v2/info/import}.
+
 
 class GlanceReader:
     """Image records, locations and the data endpoint of one Glance."""
@@ -121,6 +125,20 @@ class GlanceReader:
         located = self._background().submit(self._locations_api, image_id)
         raw = self._call(f'image {image_id}', images.get, image_id)
         return image_info(image_id, raw, *located.result())
+
+    def copy_to_store(self, image_id: str, store: str) -> str:
+        """Ask Glance to copy the image into ``store`` (import method copy-image):
+        glance_import.STARTED, BUSY or PRESENT; CopyRefused with Glance's reason."""
+        from image_handlers import glance_import
+        return self._call(f'copy-image of {image_id} to store {store}',
+                          glance_import.copy_with_glanceclient, self.client,
+                          image_id, store)
+
+    def glance_info(self) -> dict[str, Any]:
+        """Glance's stores and import methods (GET /v2/info/stores and /import)."""
+        images = self.client.images
+        return {'stores': self._call('store list', images.get_stores_info),
+                'import': self._call('import methods', images.get_import_info)}
 
     def _background(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:

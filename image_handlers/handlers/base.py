@@ -47,6 +47,9 @@ class Request:
     # What every path must prove of the bytes (hash, signature): decided once by
     # the chain (trust.expectation.expect); by default the recorded hash only.
     expect: Expectation | None = None
+    # Where the record was read (GlanceReader, or Nova's image API with the request
+    # context): a handler that asks Glance for more (rbd_import) asks it there.
+    image_source: Any = None
 
     def __post_init__(self) -> None:
         if self.expect is None:

@@ -103,14 +103,7 @@ class RbdCloneHandler(Handler):
                 f'disk_format {image.disk_format} cannot be cloned as raw (a clone '
                 f'shares the image\'s bytes, which are not a raw disk)')
         claims.check_names(location, image, self.source_pools)
-        if target.pool not in self.target_pools:
-            raise Refused(
-                f'rbd: target pool {target.pool!r} is not allowed (allowed: '
-                f'{", ".join(sorted(self.target_pools))})')
-        try:
-            cluster = rbd_cluster.get_cluster(self.settings)
-        except rbd_cluster.ClusterUnavailable as exc:
-            raise Refused(f'rbd: {exc}') from exc
+        cluster = self.check_target(target)
         if location.fsid != cluster.fsid:
             raise Refused(
                 f'rbd: fsid {location.fsid} is not this cluster\'s fsid {cluster.fsid} '
@@ -143,6 +136,17 @@ class RbdCloneHandler(Handler):
             method='clone+flatten' if flatten else 'clone',
             plan={'flatten': flatten, 'snap_size': snap.size, 'depth': depth,
                   'verify': verify, 'identity': snap.identity})
+
+    def check_target(self, target: RbdTarget) -> rbd_cluster.Cluster:
+        """The target pool is allowed; this host's cluster (connected)."""
+        if target.pool not in self.target_pools:
+            raise Refused(
+                f'rbd: target pool {target.pool!r} is not allowed (allowed: '
+                f'{", ".join(sorted(self.target_pools))})')
+        try:
+            return rbd_cluster.get_cluster(self.settings)
+        except rbd_cluster.ClusterUnavailable as exc:
+            raise Refused(f'rbd: {exc}') from exc
 
     def _verification(self, request: Request,
                       snap: claims.SnapshotInfo) -> tuple[bool, str]:

@@ -44,6 +44,33 @@ class NovaImageSource:
         auth = service_auth.get_service_user_token_auth_plugin(self.context)
         return dict(session.get_auth_headers(auth=auth) or {})
 
+    def copy_to_store(self, image_id: str, store: str) -> str:
+        """copy-image through Nova's own call (``copy_image_to_store``, the one
+        images_rbd_glance_store_name uses), with the request's credentials."""
+        from nova import exception as nova_exc
+        from image_handlers import glance_import
+        try:
+            IMAGE_API.copy_image_to_store(self.context, image_id, store)
+        except nova_exc.ImageImportImpossible as exc:     # Glance's 409
+            return glance_import.classify(409, str(exc))
+        except nova_exc.ImageBadRequest as exc:           # Glance's 400
+            return glance_import.classify(400, str(exc))
+        except nova_exc.ImageNotAuthorized as exc:        # 403: copy_image policy
+            raise glance_import.CopyRefused(
+                f'{exc} (Glance\'s copy_image policy: admin only by default)')
+        return glance_import.STARTED
+
+    def glance_info(self) -> dict:
+        """Glance's stores and import methods: Nova's image API has no call for
+        them, so glanceclient over Nova's public service-auth session."""
+        import glanceclient
+        client = glanceclient.Client(
+            '2', session=service_auth.get_service_auth_session('glance'),
+            auth=service_auth.get_service_user_token_auth_plugin(self.context),
+            endpoint_override=self.endpoint)
+        return {'stores': client.images.get_stores_info(),
+                'import': client.images.get_import_info()}
+
     def key_manager_context(self):
         """The request context: castellan reads the user's certificates with it,
         as Nova's own signature check does."""
