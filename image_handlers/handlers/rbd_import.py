@@ -174,6 +174,25 @@ class RbdImportHandler(Handler):
     # -- act ------------------------------------------------------------------------
 
     def act(self, request: Request, location: Location, decision: Decision) -> Provided:
+        fresh, new_location, clone_decision, facts = self._copied(request, decision)
+        provided = self.clone.act(fresh, new_location, clone_decision)
+        provided.method = 'copy-image+' + provided.method
+        provided.details.update(facts)
+        return provided
+
+    def prepare(self, request: Request, location: Location,
+                decision: Decision) -> str | None:
+        """Pre-cache: have Glance copy the image into this cluster now (and the new
+        location checked, its snapshot verified when rbd_clone would), no disk."""
+        fresh, new_location, clone_decision, facts = self._copied(request, decision)
+        verified = self.clone.prepare(fresh, new_location, clone_decision)
+        return (f'copied by Glance into store {self.store!r} as {new_location.display} '
+                f'({facts["copy_wait_seconds"]} s)' + (f'; {verified}' if verified
+                                                       else ''))
+
+    def _copied(self, request: Request, decision: Decision):
+        """Wait for (or start) Glance's copy; the fresh request, the new location,
+        rbd_clone's decision on it (its claims checked) and what happened."""
         source, image_id = request.image_source, request.image.id
         fsid = decision.plan['fsid']
         t0 = time.monotonic()
@@ -191,9 +210,10 @@ class RbdImportHandler(Handler):
                 f'new location {new_location.display} fails its claims: {refused}. '
                 f'Nothing was cloned; fix the store\'s pool or the handler options '
                 f'(rbd_allowed_source_pools), or remove that location') from refused
-        provided = self.clone.act(fresh, new_location, clone_decision)
-        provided.method = 'copy-image+' + provided.method
-        provided.details.update({
+        LOG.info('image %s: in store %s after %.1f s (%s): %s', image_id, self.store,
+                 seconds, 'copy asked here' if asked else 'another copy waited for'
+                 if waited else 'already there', new_location.display)
+        facts = {
             'glance_store': self.store,
             'copy_asked_by_this_host': asked,
             'waited_for_another_copy': waited,
@@ -202,12 +222,8 @@ class RbdImportHandler(Handler):
             # already existed); not copied by this host.
             'glance_copied_bytes': (image.size or 0) if (asked or waited) else 0,
             'location': new_location.display,
-        })
-        LOG.info('image %s: Glance copied it into store %s in %.1f s (%s), cloned '
-                 'from %s', image_id, self.store, seconds,
-                 'asked here' if asked else 'another copy waited for' if waited
-                 else 'already there', new_location.display)
-        return provided
+        }
+        return fresh, new_location, clone_decision, facts
 
     def _wait_for_copy(self, source, image_id: str,
                        fsid: str) -> tuple[ImageInfo, bool, bool]:

@@ -347,3 +347,27 @@ def test_copy_timeout_is_bounded(make_image, conf, disk, gc, host_ceph):
     reason = _attempt(res.json, 'rbd_import')['reason']
     assert 'within 1 s' in reason and 'rbd_copy_timeout' in reason, reason
     assert took < 15
+
+
+def test_precache_has_glance_copy_it_without_a_disk(make_image, gc, conf, disk,
+                                                    host_ceph):
+    """Pre-cache (HandlerChain.prepare, what Nova's cache_image hook calls): the
+    image is copied into this cluster and its new location checked, no disk made;
+    the first boot is then rbd_clone's."""
+    from image_handlers import api
+    from image_handlers.chain import HandlerChain
+    from image_handlers.targets import parse_target
+    data = image_bytes(8 * MiB, seed=45)
+    image_id = make_image(data)
+    c = conf()
+    before = _vms(host_ceph)
+    chain = HandlerChain(api.make_conf([c]))
+    name = disk()
+    result = chain.prepare(chain.request(image_id, parse_target(f'rbd:vms/{name}')))
+    assert result.handler == 'rbd_import', result
+    assert result.method.startswith("copied by Glance into store 'local'"), result
+    assert _vms(host_ceph) == before
+    assert len(_copy_tasks(gc, image_id)) == 1
+    res = cli('fetch', image_id, f'rbd:vms/{name}', '--config-file', c, '--json')
+    assert res.rc == 0 and res.json['handler'] == 'rbd_clone', res
+    assert _read(host_ceph, name, len(data)) == data
