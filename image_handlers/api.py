@@ -101,3 +101,22 @@ def copy(conf: cfg.ConfigOpts, source_url: str, target: str,
     return copy_engine.copy(copy_engine.HttpSource(source_url), tgt.path,
                             checksum=parsed, options=copy_options(conf[ih_conf.GROUP]),
                             description=f'copy of {source_url}')
+
+
+def cleanup(conf: cfg.ConfigOpts, directories: list[str] | None = None,
+            older_than: float | None = None, dry_run: bool = False):
+    """Remove partial copies nobody will resume (``image_handlers.cleanup``): the
+    image is gone from Glance (asked with nova.conf's [glance]; unknown when Glance
+    cannot be asked), or not resumed for ``older_than`` seconds (default
+    ``partial_max_age``). Returns the Sweep."""
+    from image_handlers import cleanup as sweeper
+    group = conf[ih_conf.GROUP]
+    dirs = list(directories or group.cleanup_dirs)
+    if not dirs:
+        raise exceptions.BadInput(
+            'no directory to clean: name them (image-handlers cleanup DIR ...) or '
+            'set [image_handlers] cleanup_dirs')
+    max_age = (sweeper.max_age_of(group.partial_max_age) if older_than is None
+               else max(0.0, older_than))
+    return sweeper.sweep(dirs, sweeper.glance_asker(conf), max_age, dry_run,
+                         lock_dir=copy_options(group).lock_dir)

@@ -90,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_no_progress(p)
     sub.add_parser('handlers', parents=[common],
                    help='installed handlers and the enabled order per hypervisor')
+    p = sub.add_parser('cleanup', parents=[common],
+                       help='remove partial copies nobody will resume (image gone, '
+                            'or older than partial_max_age); never a running one')
+    p.add_argument('directories', nargs='*', metavar='DIR',
+                   help='where the partials are (default: [image_handlers] '
+                        'cleanup_dirs)')
+    p.add_argument('--older-than', type=float, default=None, metavar='SECONDS',
+                   help='remove partials not resumed for this long (default: '
+                        '[image_handlers] partial_max_age; 0: any age)')
+    p.add_argument('--dry-run', action='store_true',
+                   help='say what would be removed, remove nothing')
     p = sub.add_parser('jobs', parents=[common],
                        help='work that goes on after a disk was provided (fills)')
     p.add_argument('action', choices=['list', 'show', 'wait', 'cancel', 'resume'])
@@ -260,8 +271,23 @@ def _jobs(conf, args) -> int:
     return EXIT_NO_HANDLER if args.action == 'wait' and failed else EXIT_OK
 
 
+def _cleanup(conf, args) -> int:
+    done = api.cleanup(conf, args.directories, args.older_than, args.dry_run)
+    if args.json:
+        print(json.dumps(done.to_dict(), indent=2))
+        return EXIT_OK
+    verb = 'would remove' if done.dry_run else 'removed'
+    for leftover in done.leftovers:
+        what = verb if leftover.removed else leftover.outcome
+        print(f'{what:<12} {leftover.partial} ({leftover.size} bytes, '
+              f'{leftover.age:.0f} s old): {leftover.reason}')
+    print(f'{verb} {len(done.removed)} partial cop{"y" if len(done.removed) == 1 else "ies"}'
+          f', {done.freed} bytes; {len(done.leftovers) - len(done.removed)} kept')
+    return EXIT_OK
+
+
 _COMMANDS = {'fetch': _fetch, 'explain': _explain, 'copy': _copy,
-             'handlers': _handlers, 'jobs': _jobs}
+             'handlers': _handlers, 'jobs': _jobs, 'cleanup': _cleanup}
 
 
 def _emit(args, result: FetchResult) -> None:

@@ -44,6 +44,9 @@ class Checkpoint:
     expected_size: int | None
     checksum: str | None            # "algo:hex" or None
     source: dict[str, Any]          # the source's identity() validators
+    # The Glance image it is a copy of, when known: clean-up removes a partial
+    # whose image is gone (image_handlers.cleanup).
+    image_id: str | None = None
 
     def matches(self, expected_size: int | None, checksum: str | None,
                 source_url: Any) -> str | None:
@@ -82,7 +85,9 @@ def load(paths: CopyPaths) -> Checkpoint | None:
         source = data['source']
         if not isinstance(source, dict):
             raise ValueError('bad source')
-        return Checkpoint(offset, size, data['checksum'], source)
+        image_id = data.get('image_id')
+        return Checkpoint(offset, size, data['checksum'], source,
+                          image_id if isinstance(image_id, str) else None)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

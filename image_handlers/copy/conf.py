@@ -12,6 +12,15 @@ from oslo_config import cfg
 from image_handlers.copy.options import CopyOptions
 
 copy_opts = [
+    cfg.IntOpt('partial_max_age', default=7 * 24 * 3600, min=0,
+               help='Seconds after which a partial copy left behind (a copy that '
+                    'stopped and was never resumed) and its checkpoint are removed by '
+                    '"image-handlers cleanup" and by Nova\'s image cache manager pass; '
+                    'a partial whose image is gone from Glance goes at once. Never '
+                    'one a running copy holds. 0: only partials of deleted images.'),
+    cfg.ListOpt('cleanup_dirs', default=[],
+                help='Directories "image-handlers cleanup" sweeps when none is given '
+                     '(Nova\'s pass sweeps its own image cache directory).'),
     cfg.IntOpt('copy_buffer_size', default=8 * 1024 * 1024, min=64 * 1024,
                help='Bytes per read from the source. Large buffers keep the copy '
                     'bound by the network and the hash, not by Python.'),

@@ -47,6 +47,7 @@ class CopyJob:
     # A fresh signature verifier per pass (trust.signature.BoundSignature.verifier):
     # fed the same bytes as the hash, in a pipeline stage of its own.
     signature: Callable[[], signatures.Verifier] | None = None
+    image_id: str | None = None     # recorded in the checkpoint, for clean-up
 
 
 def run(job: CopyJob, cancel: CancelToken, progress: Progress) -> CopyResult:
@@ -282,7 +283,8 @@ class _Transfer:
     def _meta(self) -> Checkpoint:
         return Checkpoint(offset=0, expected_size=self.job.expected_size,
                           checksum=str(self.job.checksum) if self.job.checksum else None,
-                          source=dict(self.identity or self.job.source.identity()))
+                          source=dict(self.identity or self.job.source.identity()),
+                          image_id=self.job.image_id)
 
     def _restart(self, why: str) -> None:
         LOG.warning('%s: %s: starting over from byte 0 (%d bytes copied before are '

@@ -74,7 +74,7 @@ class CopyTask:
 def copy(source: Source | str, target: str, checksum: Checksum | str | None = None,
          expected_size: int | None = None, options: CopyOptions | None = None,
          lock_name: str | None = None, description: str | None = None,
-         signature=None) -> CopyTask:
+         signature=None, image_id: str | None = None) -> CopyTask:
     """Start copying ``source`` (a Source or an http(s) URL) to the file
     ``target``; return the running task at once. ``signature``: a factory of
     fresh signature verifiers (trust.signature.BoundSignature.verifier), checked in
@@ -103,5 +103,5 @@ def copy(source: Source | str, target: str, checksum: Checksum | str | None = No
                          expected_size=expected_size, options=options,
                          lock_name=lock_name,
                          description=description or source.description,
-                         signature=signature)
+                         signature=signature, image_id=image_id)
     return CopyTask(job).start()

@@ -133,7 +133,7 @@ class StreamCopyHandler(Handler):
         task = copy_engine.copy(
             source, request.target.path, checksum=request.expect.require_checksum(),
             expected_size=image.size,
-            signature=signature.verifier if signature else None,
+            signature=signature.verifier if signature else None, image_id=image.id,
             options=copy_options(self.conf[ih_conf.GROUP]),
             lock_name=f'image-{image.id}',
             description=f'image {image.id} from {location.display}')

@@ -197,6 +197,43 @@ def precache(context, image_id: str) -> bool | None:
     return result.method != 'nothing'
 
 
+def cache_manager_pass(context, base_dir: str) -> None:
+    """Nova's image cache manager pass (``ImageCacheManager.update``) ends here:
+    partial copies in its ``_base`` directory that nobody will resume are removed
+    (the image is gone from Glance, or not resumed for ``partial_max_age``), never
+    one a running copy holds, and the pass's log says what went. The pass runs
+    with an admin context that may carry no token: when Glance cannot be asked,
+    only the age rule removes anything."""
+    if not enabled():
+        return
+    from image_handlers import cleanup
+    from image_handlers.copy.conf import copy_options
+    group = CONF[ih_conf.GROUP]
+    source = NovaImageSource(context)
+
+    def gone(image_id: str) -> bool | None:
+        try:
+            source.get_image(image_id)
+        except nova_exception.ImageNotFound:
+            return True
+        except Exception as exc:  # noqa: BLE001 - unknown: keep the partial
+            LOG.debug('cannot ask Glance about image %s: %s', image_id, exc)
+            return None
+        return False
+    try:
+        done = cleanup.sweep([base_dir], gone, cleanup.max_age_of(group.partial_max_age),
+                             lock_dir=copy_options(group).lock_dir)
+    except exceptions.ImageHandlerError as exc:
+        LOG.warning('image_handlers: could not clean partial copies in %s: %s',
+                    base_dir, exc)
+        return
+    if done.leftovers:
+        LOG.info('image_handlers: partial copies in %s: %d removed (%d bytes), %d '
+                 'kept%s', base_dir, len(done.removed), done.freed,
+                 len(done.leftovers) - len(done.removed),
+                 ''.join(f'; {l.partial}: {l.reason}' for l in done.leftovers))
+
+
 def guest_xml(xml: str, instance) -> str:
     """Open disks that still fill from a LUN with copy_on_read='on', and hand their
     fill over to the guest's qemu (the offline fill lets go of the disk first)."""

@@ -116,3 +116,37 @@ def test_file_host_gets_its_base_file_through_the_chain(nova_env, alice, make_im
     with open(_base_file(image_id), 'rb') as f:
         assert f.read() == data
     assert _cache_images(alice, [image_id]) == {image_id: 'existing'}
+
+
+def test_the_image_cache_manager_pass_removes_partials_nobody_will_resume(
+        nova_env, alice, make_image, glance, caplog):
+    """What Nova's ImageCacheManager.update calls at its end (the patch), with
+    alice's context: a partial _base copy of an image deleted from Glance goes;
+    one of a live image stays. (The pass itself is not run whole: its query of
+    the running instances needs Nova's database, which the lab does not run.)"""
+    import inspect
+    from image_handlers.nova import hooks
+    assert 'cache_manager_pass' in inspect.getsource(
+        imagecache.ImageCacheManager.update)
+    from image_handlers.copy import checkpoint
+    from image_handlers.copy.checkpoint import Checkpoint, CopyPaths
+    nova_env(libvirt={'images_type': 'flat'})
+    os.makedirs(os.path.dirname(_base_file('x')), exist_ok=True)
+    deleted = make_image(image_bytes(1 * MiB, seed=75))
+    live = make_image(image_bytes(1 * MiB, seed=76))
+    partials = {}
+    for image_id in (deleted, live):
+        paths = CopyPaths.for_target(_base_file(image_id) + '.part')
+        with open(paths.partial, 'wb') as f:
+            f.write(b'\1' * 65536)
+        checkpoint.save(paths, Checkpoint(65536, 1 * MiB, None, {'url': 'x'},
+                                          image_id))
+        partials[image_id] = paths
+    glance.images.delete(deleted)
+    caplog.set_level(logging.INFO)
+    hooks.cache_manager_pass(alice, os.path.dirname(_base_file(deleted)))
+    assert not os.path.exists(partials[deleted].partial)
+    assert not os.path.exists(partials[deleted].checkpoint)
+    assert os.path.exists(partials[live].partial)
+    assert 'partial copies in' in caplog.text and '1 removed' in caplog.text
+    assert f'image {deleted} no longer exists in Glance' in caplog.text
