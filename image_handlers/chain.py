@@ -211,9 +211,10 @@ class HandlerChain:
         result.attempts += self._unusable(request)
         for verdict in self._verdicts(request):
             handler, location, where = verdict.handler, verdict.location, verdict.where
+            ranked = verdict.ranked.details() if verdict.ranked else {}
             if verdict.decision is None:
                 result.attempts.append(Attempt(handler.name, where, SKIPPED,
-                                               verdict.reason))
+                                               verdict.reason, ranked))
                 self._log_not_used(request, handler, where, verdict.reason)
                 continue
             t0 = time.monotonic()
@@ -223,14 +224,16 @@ class HandlerChain:
                 raise  # the request itself is wrong: no other handler can fix it
             except Exception as exc:  # noqa: BLE001 - any failure moves to the next
                 reason = f'{type(exc).__name__}: {exc}'
-                result.attempts.append(Attempt(handler.name, where, FAILED, reason))
+                result.attempts.append(Attempt(handler.name, where, FAILED, reason,
+                                               ranked))
                 LOG.warning('image %s: handler %s failed on %s, trying the next: %s',
                             request.image.id, handler.name, where, reason)
                 if location is not None and blames_location(exc):
                     self.throughput.record_failure(location.endpoint_key)
                 continue
             seconds = time.monotonic() - t0
-            result.attempts.append(Attempt(handler.name, where, USED, verdict.reason))
+            result.attempts.append(Attempt(handler.name, where, USED, verdict.reason,
+                                           ranked))
             result.use(handler.name, where, provided)
             if location is not None:  # also halves the location's failure score
                 self.throughput.record(location.endpoint_key,

@@ -41,6 +41,7 @@ import threading
 import xml.etree.ElementTree as ET
 from typing import Callable
 
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
 import nova.conf
@@ -187,9 +188,12 @@ def precache(context, image_id: str) -> bool | None:
                       name=f'image-handlers-precache-{image_id}')   # never made
     handlers = chain()
     try:
-        request = handlers.request(image_id, probe, 'precache', None,
-                                   source=NovaImageSource(context))
-        result = handlers.prepare(request)
+        # Nova pre-caches [image_cache] precache_concurrency images at once: the
+        # same image twice would read (or copy) it twice.
+        with lockutils.lock(f'image-handlers-precache-{image_id}'):
+            request = handlers.request(image_id, probe, 'precache', None,
+                                       source=NovaImageSource(context))
+            result = handlers.prepare(request)
     except (exceptions.NoHandlerAvailable, exceptions.BadInput) as exc:
         LOG.error('image %s: cannot be pre-cached for RBD disks on this host: %s',
                   image_id, exc)
