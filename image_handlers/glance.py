@@ -10,6 +10,7 @@ come from three places, in this order, de-duplicated: the image record's
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -23,7 +24,8 @@ from oslo_log import log as logging
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
 from image_handlers.image import ImageInfo
-from image_handlers.locations import parse_location
+from image_handlers.locations import (Location, MalformedLocation, parse_location,
+                                      redact_url)
 
 LOG = logging.getLogger(__name__)
 
@@ -203,12 +205,22 @@ def image_info(image_id: str, record: Mapping[str, Any],
     info = ImageInfo(id=image_id, **{f: record.get(f) for f in _FIELDS})
     info.properties = {k: v for k, v in record.items()
                        if k not in _FIELDS and k != 'properties'}
-    info.properties.update(record.get('properties') or {})
-    entries: list[tuple[str, dict]] = []
+    nested = record.get('properties') or {}
+    if isinstance(nested, Mapping):
+        info.properties.update(nested)
+    else:                               # not Nova's nesting: kept as it is
+        info.properties['properties'] = nested
+    entries: list[tuple[Any, Any] | Location] = []
     if 'locations' in record:
         listed = record.get('locations') or []
-        entries += [(l.get('url'), l.get('metadata') or {}) for l in listed]
-        info.location_sources.append(f'image record: {len(listed)} location(s)')
+        if isinstance(listed, (str, bytes)) or not isinstance(listed, Sequence):
+            info.location_sources.append(
+                f'image record: "locations" is a {type(listed).__name__}, not a '
+                f'list: ignored')
+            listed = []
+        else:
+            info.location_sources.append(f'image record: {len(listed)} location(s)')
+        entries += [_listed(l) for l in listed]
     else:
         info.location_sources.append(
             'image record: no "locations" (Glance show_multiple_locations is off)')
@@ -219,9 +231,27 @@ def image_info(image_id: str, record: Mapping[str, Any],
     if api_note:
         info.location_sources.append(api_note)
     seen: set[str] = set()
-    for url, metadata in entries:
-        if url in seen:
+    for entry in entries:
+        if isinstance(entry, Location):     # a junk entry, refused with its reason
+            info.locations.append(
+                dataclasses.replace(entry, index=len(info.locations)))
             continue
-        seen.add(url)
+        url, metadata = entry
+        if isinstance(url, str):            # anything else is refused, not compared
+            if url in seen:
+                continue
+            seen.add(url)
         info.locations.append(parse_location(url, metadata, len(info.locations)))
     return info
+
+
+def _listed(item: Any) -> tuple[Any, Any] | Location:
+    """(url, metadata) of one entry of a record's ``locations``; an entry that is
+    not an object is refused as it is (not read as a URL)."""
+    if isinstance(item, Mapping):
+        return item.get('url'), item.get('metadata') or {}
+    shown = redact_url(item) if isinstance(item, str) else repr(item)[:200]
+    return MalformedLocation(
+        url=str(item) if isinstance(item, str) else '', error=(
+            f'image record location entry {shown} is a {type(item).__name__}, not '
+            f'an object with "url" and "metadata"'))

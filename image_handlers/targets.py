@@ -65,6 +65,8 @@ def parse_target(spec: str, disk_format: str = 'raw') -> Target:
     """``rbd:POOL/NAME`` or a file path (made absolute); ``disk_format`` for files."""
     if not spec:
         raise exceptions.InvalidTarget('empty target: give a file path or rbd:POOL/NAME')
+    if '\x00' in spec:     # os calls refuse it late; librbd would cut the name at it
+        raise exceptions.InvalidTarget(f'target {spec!r} contains a NUL character')
     if spec.startswith('rbd:'):
         rest = spec[4:]
         pool, sep, name = rest.partition('/')

@@ -49,7 +49,11 @@ def parse_location(url: Any, metadata: dict | None = None, index: int = 0) -> Lo
     if not isinstance(url, str) or not url:
         return MalformedLocation(url=str(url), metadata=metadata, index=index,
                                  error=f'location URL {url!r} is empty or not a string')
-    scheme = urllib.parse.urlsplit(url).scheme.lower() if ':' in url else ''
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme.lower() if ':' in url else ''
+    except ValueError as exc:       # e.g. an unclosed "[" (IPv6 host)
+        return MalformedLocation(url=url, metadata=metadata, index=index,
+                                 error=f'malformed location URL: {exc}')
     cls = schemes().get(scheme)
     if cls is None:
         return UnknownLocation(url=url, metadata=metadata, index=index,

@@ -25,7 +25,10 @@ class CinderLocation(Location):
     @classmethod
     def from_url(cls, url, metadata=None, index=0):
         loc = cls(url=url, metadata=metadata or {}, index=index)
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError as exc:
+            raise loc.invalid(str(exc))
         # cinder://VOLUME_ID, or cinder://STORE/VOLUME_ID with multiple stores.
         volume = parts.path.strip('/') or parts.netloc
         if not _UUID.match(volume or ''):

@@ -16,9 +16,13 @@ class FileLocation(Location):
     @classmethod
     def from_url(cls, url, metadata=None, index=0):
         loc = cls(url=url, metadata=metadata or {}, index=index)
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError as exc:
+            raise loc.invalid(str(exc))
         if parts.netloc not in ('', 'localhost'):
-            raise loc.invalid(f'host {parts.netloc!r}: only file:///path is allowed')
+            host = parts.netloc.rpartition('@')[2]      # never print credentials
+            raise loc.invalid(f'host {host!r}: only file:///path is allowed')
         if parts.query or parts.fragment:
             raise loc.invalid('query or fragment not allowed')
         path = urllib.parse.unquote(parts.path)

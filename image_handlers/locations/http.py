@@ -25,6 +25,9 @@ class HttpLocation(Location):
             raise loc.invalid('scheme must be http or https')
         if not parts.hostname:
             raise loc.invalid('no host')
+        hostinfo = parts.netloc.rpartition('@')[2]
+        if ('[' in hostinfo) != (']' in hostinfo):  # urlsplit saw a "]" in userinfo
+            raise loc.invalid(f'host {hostinfo!r}: unbalanced "[" or "]"')
         if not parts.path or parts.path == '/':
             raise loc.invalid('no path to an object')
         default_port = 443 if parts.scheme == 'https' else 80

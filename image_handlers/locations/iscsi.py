@@ -50,7 +50,7 @@ class IscsiLocation(Location):
         if len(segs) != 2:
             raise loc.invalid('expected iscsi://HOST[:PORT]/IQN/LUN')
         iqn = urllib.parse.unquote(segs[0])
-        if not _IQN.match(iqn):
+        if not _IQN.fullmatch(iqn):
             raise loc.invalid(f'{iqn!r} is not an iqn. or eui. name')
         if not segs[1].isdigit() or not segs[1].isascii() or int(segs[1]) > 16383:
             raise loc.invalid(f'LUN {segs[1]!r} is not a number from 0 to 16383')
@@ -58,9 +58,9 @@ class IscsiLocation(Location):
         if (user is None) != (ref is None):
             raise loc.invalid('metadata must give both chap_user and chap_secret, or '
                               'neither')
-        if user is not None and not (isinstance(user, str) and _USER.match(user)):
+        if user is not None and not (isinstance(user, str) and _USER.fullmatch(user)):
             raise loc.invalid(f'chap_user {user!r} is not a plain user name')
-        if ref is not None and not (isinstance(ref, str) and _REF.match(ref)):
+        if ref is not None and not (isinstance(ref, str) and _REF.fullmatch(ref)):
             raise loc.invalid(f'chap_secret {ref!r} is not a secret reference (a name '
                               f'configured on the host, [image_handlers] '
                               f'iscsi_chap_secrets)')

@@ -16,8 +16,8 @@ from image_handlers.image import ImageInfo
 def recorded_checksum(image: ImageInfo) -> Checksum | None:
     """The checksum to verify ``image`` against, or None when Glance recorded none.
     Untrusted when a recorded one cannot be checked on this host."""
-    algo = (image.os_hash_algo or '').strip()
-    value = (image.os_hash_value or '').strip()
+    algo = _text(image, 'os_hash_algo')
+    value = _text(image, 'os_hash_value')
     if algo or value:
         if not (algo and value):
             raise exceptions.Untrusted(
@@ -32,9 +32,22 @@ def recorded_checksum(image: ImageInfo) -> Checksum | None:
                 f'host ({exc}); it is not checked against its md5 checksum '
                 f'instead, which would prove much less: install a Python whose '
                 f'hashlib has {algo}, or re-hash the image in Glance') from None
-    if image.checksum:
+    if _text(image, 'checksum'):
         try:
             return Checksum('md5', image.checksum)
         except exceptions.BadInput as exc:
             raise exceptions.Untrusted(f'image {image.id}: {exc}') from None
     return None
+
+
+def _text(image: ImageInfo, field: str) -> str:
+    """A hash field of the record, stripped ('' when absent); Untrusted when it is
+    not text (a record that is not what Glance writes)."""
+    value = getattr(image, field)
+    if value is None:
+        return ''
+    if not isinstance(value, str):
+        raise exceptions.Untrusted(
+            f'image {image.id}: {field} is a {type(value).__name__}, not a string: '
+            f'fix the image record')
+    return value.strip()

@@ -58,6 +58,10 @@ class SignatureClaim:
                 f'four of {", ".join(PROPERTIES)} (see Glance\'s "image signature '
                 f'verification" guide)')
         claim = cls(*(str(values[n]) for n in PROPERTIES))
+        if not claim.signature.isascii():   # cursive's base64 raises ValueError
+            raise exceptions.Untrusted(
+                f'image {image_id}: img_signature is not base64 (it has characters '
+                f'that are not ASCII)')
         try:
             signature_utils.get_signature(claim.signature)
             signature_utils.get_hash_method(claim.hash_method)
