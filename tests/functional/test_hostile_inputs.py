@@ -224,6 +224,8 @@ ROWS = [
         no_data_api=True),
     Row('http-crlf-header-injection', 'fs', SC, (SC,), 'control characters',
         urls=('http://NGINX/image\r\nX-Injected: 1',), no_data_api=True),
+    Row('http-unbalanced-bracket', 'fs', SC, (STAR,), 'Invalid IPv6 URL',
+        urls=('http://[169.254.169.254/image',), no_data_api=True),
     # -- iscsi:// (iscsi_cor's portals) --------------------------------------------
     Row('iscsi-other-portal', 'fs', IC, (IC,),
         'portal 127.0.0.1:3261 is not in [image_handlers] iscsi_allowed_portals',
@@ -291,6 +293,8 @@ ROWS = [
         target='rbd:vms/a/b', rc=2, via='cli'),
     Row('target-rbd-name-with-snapshot', 'rbd', RC, (), 'malformed RBD target',
         target='rbd:vms/disk@snap', rc=2),
+    Row('target-rbd-name-with-nul', 'rbd', RC, (), 'contains a NUL character',
+        target='rbd:vms/disk\x00evil', rc=2),
     Row('target-names-a-directory', 'fs', FS, (), 'names a directory',
         target='DIR/', rc=2),
 ]
