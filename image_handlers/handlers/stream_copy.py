@@ -88,6 +88,15 @@ class StreamCopyHandler(Handler):
             raise Refused(
                 f'the target is to be a qcow2 disk, and a copy gives the image\'s own '
                 f'{image_format} bytes')
+        if request.target.disk_format == 'qcow2':
+            # A copied qcow2 used as a disk is one no format check has seen: its
+            # header may name a backing or data file on this host (Nova's own
+            # Qcow2 path asks for zero-copy handlers only, for that reason).
+            raise Refused(
+                'the target is to be a qcow2 instance disk, and a copy of a qcow2 '
+                'image would be one no format check has seen (its backing or data '
+                'file may name a host path): copy it to a raw target (Nova\'s _base, '
+                'whose format Nova inspects), or use a zero-copy handler')
         expect = request.expect
         expected = expect.require_checksum()
         if isinstance(location, HttpLocation):

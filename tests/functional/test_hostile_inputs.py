@@ -269,7 +269,7 @@ ROWS = [
     # line; Nova's Qcow2 backend always sets it), stream_copy copies a qcow2 image
     # that has a backing file on this host verbatim as the disk.
     Row('qcow2-backing-host-file-qcow2-target-command-line', 'qcow_backing', SC,
-        (), '', target='qcow2', via='cli', outcome='verbatim'),
+        (SC,), 'no format check has seen', target='qcow2', via='cli'),
     Row('qcow2-data-file-as-instance-disk', 'qcow_data_file', f'{FS}, {SC}', (SC,),
         'only a zero-copy handler may make this disk', target='qcow2',
         zero_copy_only=True),
