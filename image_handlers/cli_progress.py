@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
+# The engine's own renderings, so the bar and the progress log read alike.
+from image_handlers.copy.progress import duration_text, size_text
+
 BAR_CELLS = 20
 REDRAW_INTERVAL = 0.2       # seconds between two drawings of the line
 
@@ -30,45 +33,30 @@ def render(done: int, total: int | None, elapsed: float, moved: int | None = Non
     are no part of its rate). At most ``width`` characters (the label is cut)."""
     moved = done if moved is None else max(moved, 0)
     rate = moved / elapsed if elapsed > 0 else None
-    speed = f'{_size(rate)}/s' if rate is not None else '-/s'
+    speed = f'{size_text(rate)}/s' if rate is not None else '-/s'
     if total:
         fraction = min(max(done / total, 0.0), 1.0)
         filled = int(fraction * BAR_CELLS)
         if done >= total:       # how long it took, when all of it was seen
-            eta = (f'done in {_duration(elapsed)}' if elapsed > 0 and moved >= done
+            eta = (f'done in {duration_text(elapsed)}' if elapsed > 0 and moved >= done
                    else 'done')
         elif rate:
-            eta = f'ETA {_duration((total - done) / rate)}'
+            eta = f'ETA {duration_text((total - done) / rate)}'
         else:
             eta = 'ETA -:--:--'
-        status = (f'{100 * fraction:5.1f}% {_size(done)} of {_size(total)}  '
+        status = (f'{100 * fraction:5.1f}% {size_text(done)} of {size_text(total)}  '
                   f'{speed}  {eta}')
         bar = f'[{"#" * filled}{" " * (BAR_CELLS - filled)}] '
         if len(bar) + len(status) <= width:
             status = bar + status
     else:
-        status = f'{_size(done)}  {speed}'
+        status = f'{size_text(done)}  {speed}'
     room = width - len(status) - 1
     if not label or room < 8:
         return status[:width]
     if len(label) > room:
         label = label[:room - 3] + '...'
     return f'{label} {status}'
-
-
-def _size(n: float) -> str:
-    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-        if abs(n) < 1024 or unit == 'TiB':
-            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
-        n /= 1024
-    return f'{n:.1f} TiB'
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds + 0.5)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f'{h}:{m:02d}:{s:02d}'
 
 
 class Bar:

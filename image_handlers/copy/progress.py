@@ -66,15 +66,15 @@ class Progress:
         rate = received / elapsed
         if self.total:
             pct = 100.0 * self.done / self.total
-            eta = (f'ETA {_duration((self.total - self.done) / rate)}' if rate
+            eta = (f'ETA {duration_text((self.total - self.done) / rate)}' if rate
                    else 'ETA unknown')
-            where = f'{_size(self.done)} of {_size(self.total)} ({pct:.1f}%)'
+            where = f'{size_text(self.done)} of {size_text(self.total)} ({pct:.1f}%)'
         else:
-            where, eta = f'{_size(self.done)} of unknown size', ''
-        return f'{self.description}: {where} at {_size(rate)}/s {eta}'.rstrip()
+            where, eta = f'{size_text(self.done)} of unknown size', ''
+        return f'{self.description}: {where} at {size_text(rate)}/s {eta}'.rstrip()
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
     for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
         if abs(n) < 1024 or unit == 'TiB':
             return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
@@ -82,7 +82,7 @@ def _size(n: float) -> str:
     return f'{n:.1f} TiB'
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     seconds = int(seconds + 0.5)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
