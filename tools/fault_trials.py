@@ -174,8 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--verbose', action='store_true',
                         help='show the copy engine\'s warnings (every retry)')
     args = parser.parse_args(argv)
+    engine_log = logging.getLogger('image_handlers')
+    level = engine_log.level
     if not args.verbose:
-        logging.getLogger('image_handlers').setLevel(logging.ERROR)
+        engine_log.setLevel(logging.ERROR)      # every retry warns: hide them
+    try:
+        return _run(args, parser)
+    finally:
+        engine_log.setLevel(level)      # main() may run inside a test session
+
+
+def _run(args, parser) -> int:
     kinds = [k for k in args.kinds.split(',') if k]
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
