@@ -148,7 +148,8 @@ class GlanceReader:
                 max_workers=2, thread_name_prefix='glance-locations')
         return self._executor
 
-    def _locations_api(self, image_id: str) -> tuple[list[tuple[str, dict]], str]:
+    def _locations_api(self, image_id: str
+                       ) -> tuple[list[tuple[Any, Any] | Location], str]:
         """The service-only locations API (newer Glance), and a note for explain;
         absent or refused is not an error."""
         get = getattr(self.client.images, 'get_image_locations', None)
@@ -165,8 +166,8 @@ class GlanceReader:
                 ks_exc.ClientException) as exc:
             LOG.warning('Glance locations API failed for image %s: %s', image_id, exc)
             return [], f'locations API: error {exc}'
-        return ([(l.get('url'), l.get('metadata') or {}) for l in locs],
-                f'locations API: {len(locs)} location(s)')
+        # Each entry as the record's are read: junk is refused with its reason.
+        return ([_listed(l) for l in locs], f'locations API: {len(locs)} location(s)')
 
     def _call(self, what: str, func, *args):
         last: Exception | None = None
@@ -193,7 +194,7 @@ class GlanceReader:
 
 
 def image_info(image_id: str, record: Mapping[str, Any],
-               api_entries: Sequence[tuple[str, dict]] = (),
+               api_entries: Sequence[tuple[Any, Any] | Location] = (),
                api_note: str | None = None) -> ImageInfo:
     """ImageInfo from an image record, as glanceclient gives it or as Nova's image
     API does (Nova nests the non-base properties under ``properties``).
