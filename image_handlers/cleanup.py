@@ -18,6 +18,7 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from oslo_log import log as logging
 
@@ -163,22 +164,32 @@ def max_age_of(seconds: float) -> float | None:
     return float(seconds) if seconds > 0 else None
 
 
-def glance_asker(conf) -> ImageGone:
-    """Whether an image is gone, asked of Glance with nova.conf's [glance]: True
-    for not found, None when Glance cannot be asked (nothing is removed then)."""
-    reader = None
+def image_gone_asker(make_source: Callable[[], Any],
+                     not_found: tuple[type[BaseException], ...] = (
+                         exceptions.ImageNotFound,),
+                     quiet: bool = False) -> ImageGone:
+    """Whether an image is gone, asked of an ImageSource (made on first use): True
+    for ``not_found``, None when it cannot be asked (nothing is removed then;
+    logged at WARNING, or DEBUG when ``quiet``)."""
+    source = None
 
     def gone(image_id: str) -> bool | None:
-        nonlocal reader
-        from image_handlers.glance import GlanceReader
+        nonlocal source
         try:
-            reader = reader or GlanceReader(conf)
-            reader.get_image(image_id)
-        except exceptions.ImageNotFound:
+            source = source or make_source()
+            source.get_image(image_id)
+        except not_found:
             return True
         except Exception as exc:  # noqa: BLE001 - unknown: keep the partial
-            LOG.warning('cannot ask Glance whether image %s still exists (%s): its '
-                        'partial copies are kept unless old', image_id, exc)
+            (LOG.debug if quiet else LOG.warning)(
+                'cannot ask Glance whether image %s still exists (%s): its partial '
+                'copies are kept unless old', image_id, exc)
             return None
         return False
     return gone
+
+
+def glance_asker(conf) -> ImageGone:
+    """``image_gone_asker`` with nova.conf's [glance]."""
+    from image_handlers.glance import GlanceReader
+    return image_gone_asker(lambda: GlanceReader(conf))

@@ -30,7 +30,7 @@ from image_handlers.rbd import cluster as rbd_cluster
 from image_handlers.rbd import options as rbd_options
 from image_handlers.results import RAW, RBD_PARENT, Dependency, Provided
 from image_handlers.targets import RBD, RbdTarget
-from image_handlers.trust.digest import DigestPass
+from image_handlers.trust.digest import DigestPass, feed_stream
 from image_handlers.trust.verdicts import SourceVerdicts
 
 LOG = logging.getLogger(__name__)
@@ -249,27 +249,14 @@ class RbdCloneHandler(Handler):
                          cluster: rbd_cluster.Cluster, identity: str) -> None:
         """Read the snapshot once, hash and signature in one pass; record the
         verdict either way (a bad snapshot is refused from then on)."""
-        from image_handlers.copy.buffers import BufferPool
         from image_handlers.copy.cancel import CancelToken
-        from image_handlers.copy.pipeline import pump
         from image_handlers.copy.rbd_source import RbdSource
         image = request.image
         digests = DigestPass(request.expect)
         source = RbdSource(cluster, location.pool, location.image, location.snapshot)
-        read = 0
-
-        def count(buffer, n: int) -> None:
-            nonlocal read
-            read += n
-
-        # The copy engine's pipeline with nothing to write: librbd reads, the hash
-        # and the signature's digest run on threads of their own, overlapped.
-        stream = source.open(0)
-        try:
-            pump(stream, BufferPool.create(4, VERIFY_BUFFER), digests.updates, count,
-                 CancelToken(), description=f'verification of {location.display}')
-        finally:
-            stream.close()
+        # librbd reads, the hash and the signature's digest overlapped.
+        read = feed_stream(source.open(0), digests, CancelToken(),
+                           f'verification of {location.display}', VERIFY_BUFFER)
         where = f'snapshot {location.pool}/{location.image}@{location.snapshot}'
         try:
             proven = digests.finish(where)

@@ -213,17 +213,9 @@ def cache_manager_pass(context, base_dir: str) -> None:
     from image_handlers import cleanup
     from image_handlers.copy.conf import copy_options
     group = CONF[ih_conf.GROUP]
-    source = NovaImageSource(context)
-
-    def gone(image_id: str) -> bool | None:
-        try:
-            source.get_image(image_id)
-        except nova_exception.ImageNotFound:
-            return True
-        except Exception as exc:  # noqa: BLE001 - unknown: keep the partial
-            LOG.debug('cannot ask Glance about image %s: %s', image_id, exc)
-            return None
-        return False
+    # The pass's admin context often has no token: not worth a warning each pass.
+    gone = cleanup.image_gone_asker(lambda: NovaImageSource(context),
+                                    (nova_exception.ImageNotFound,), quiet=True)
     try:
         done = cleanup.sweep([base_dir], gone, cleanup.max_age_of(group.partial_max_age),
                              lock_dir=copy_options(group).lock_dir)

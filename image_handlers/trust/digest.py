@@ -76,14 +76,29 @@ class _FdStream:
         pass
 
 
-def feed_fd(fd: int, size: int, digests: DigestPass, cancel, description: str,
-            buffer_size: int = 8 << 20) -> int:
-    """Read the file once through the copy engine's pipeline with nothing to
-    write: the reads, the hash and the signature's digest overlap on threads of
-    their own. Returns the bytes read (fewer than ``size`` if the file ended)."""
+def feed_stream(stream, digests: DigestPass, cancel, description: str,
+                buffer_size: int = 8 << 20) -> int:
+    """Read ``stream`` (a copy-engine Stream) to its end through the copy engine's
+    pipeline with nothing to write: the reads, the hash and the signature's
+    digest overlap on threads of their own. Returns the bytes read; the stream is
+    closed."""
     from image_handlers.copy.buffers import BufferPool
     from image_handlers.copy.pipeline import pump
-    stream = _FdStream(fd, size)
-    pump(stream, BufferPool.create(4, buffer_size), digests.updates,
-         lambda buffer, n: None, cancel, description=description)
-    return stream.pos
+    read = 0
+
+    def count(buffer, n: int) -> None:
+        nonlocal read
+        read += n
+    try:
+        pump(stream, BufferPool.create(4, buffer_size), digests.updates, count,
+             cancel, description=description)
+    finally:
+        stream.close()
+    return read
+
+
+def feed_fd(fd: int, size: int, digests: DigestPass, cancel, description: str,
+            buffer_size: int = 8 << 20) -> int:
+    """The first ``size`` bytes of an open file through ``feed_stream``; returns
+    the bytes read (fewer than ``size`` if the file ended)."""
+    return feed_stream(_FdStream(fd, size), digests, cancel, description, buffer_size)
