@@ -254,10 +254,17 @@ def ext4_lab():
 
 @pytest.fixture(scope='session')
 def gluster_lab():
-    """A GlusterFS volume FUSE-mounted at ``.mountpoint``; marker 'gluster-images'."""
-    svc = _with_marker(GlusterService(), FS_IDS['gluster'])
+    """A GlusterFS volume FUSE-mounted at ``.mountpoint``; marker 'gluster-images'.
+
+    Only one lab gluster can run per machine (tools/lab/gluster.py), so runs with
+    their own IH_LAB_RUN_DIR may share one: ``IH_LAB_GLUSTER_RUN_DIR=DIR`` reuses
+    (or starts) the gluster of that run dir and leaves it running afterwards."""
+    shared = os.environ.get('IH_LAB_GLUSTER_RUN_DIR')
+    svc = _with_marker(GlusterService(run_dir=shared) if shared else GlusterService(),
+                       FS_IDS['gluster'])
     yield svc
-    svc.stop()
+    if not shared:
+        svc.stop()
 
 
 @pytest.fixture(scope='session')
