@@ -25,7 +25,7 @@ from image_handlers.copy.buffers import Buffer, BufferPool
 from image_handlers.copy.direct_io import DataFile
 from image_handlers.copy.pipeline import pump
 from image_handlers.copy.progress import Progress
-from image_handlers.copy.ratelimit import TokenBucket
+from image_handlers.copy.ratelimit import host_bucket
 from image_handlers.copy.source import (Source, Stream, TransientSourceError,
                                         identity_conflict)
 from image_handlers.copy.sparse import SparseWriter
@@ -56,10 +56,38 @@ def run(job: CopyJob, cancel: CancelToken, progress: Progress) -> CopyResult:
     if not job.lock_name:
         return _Transfer(job, paths, cancel, progress).run()
     lock = locking.lock_path(job.options.lock_dir or paths.directory, job.lock_name)
+    checksum = str(job.checksum) if job.checksum else None
     with locking.image_lock(lock, cancel, job.description):
         if os.path.lexists(paths.target):
             return _reuse(job, paths, cancel, lock)
-        return _Transfer(job, paths, cancel, progress).run()
+        local = locking.published_copy(lock, checksum, paths.target, job.description)
+        if local is not None:
+            result = _from_local(job, paths, cancel, progress, local)
+            if result is not None:
+                return result
+        result = _Transfer(job, paths, cancel, progress).run()
+        locking.record_published(lock, paths.target, checksum)
+        return result
+
+
+def _from_local(job: CopyJob, paths: CopyPaths, cancel: CancelToken,
+                progress: Progress, local) -> CopyResult | None:
+    """Make this target from the file another transfer of the image published on
+    this host (16 requests, 16 disks: the source serves the image once). Verified
+    as any copy; None (transfer from the source instead) when that file fails."""
+    LOG.info('%s: another transfer of this image published %s while this one '
+             'waited; copying it locally instead of from the source', job.description,
+             local.path)
+    try:
+        result = _Transfer(dataclasses.replace(job, source=local,
+                                               description=local.description),
+                           paths, cancel, progress).run()
+    except (exceptions.SourceError, exceptions.ChecksumMismatch,
+            exceptions.SizeMismatch) as exc:
+        LOG.warning('%s: the local copy from %s failed (%s); transferring from the '
+                    'source', job.description, local.path, exc)
+        return None
+    return dataclasses.replace(result, bytes_transferred=0, copied_from=local.path)
 
 
 def _reuse(job: CopyJob, paths: CopyPaths, cancel: CancelToken,
@@ -147,7 +175,10 @@ class _Transfer:
         self.resumed_from: int | None = None
         self.next_checkpoint = self.opts.checkpoint_interval
         self.pool = BufferPool.create(BUFFERS, self.opts.buffer_size)
-        self.limiter = (TokenBucket(self.opts.bandwidth_limit, sleep=cancel.sleep)
+        # One limit for the host: every copy with this lock directory (nova.conf's
+        # state_dir) shares it; without one, every copy of this process.
+        self.limiter = (host_bucket(self.opts.bandwidth_limit, self.opts.lock_dir,
+                                    sleep=cancel.sleep)
                         if self.opts.bandwidth_limit else None)
         self.fd = -1
         self.data: DataFile | None = None
@@ -164,7 +195,8 @@ class _Transfer:
             self.data = DataFile(self.fd, self.opts.direct_io, self.job.description)
             self.writer = SparseWriter(self.data.pwrite, self.opts.sparse)
             self._resume_or_start(created)
-            self.checkpointer = Checkpointer(self.fd, self.paths, self._meta())
+            self.checkpointer = Checkpointer(self.fd, self.paths, self._meta(),
+                                             getattr(self.job.source, 'position', None))
             self._transfer()
             self._verify()
             os.ftruncate(self.fd, self.offset)     # trailing holes count too
@@ -264,6 +296,9 @@ class _Transfer:
             expect = getattr(job.source, 'expect', None)
             if expect is not None:
                 expect(old.source)
+            resume_at = getattr(job.source, 'resume_at', None)
+            if resume_at is not None and old.position:
+                resume_at(old.position)     # e.g. a compressed file's frame boundary
         else:
             # Another location of the same image: its validators mean nothing
             # here; the final hash (matches() insists on one) covers every byte.
