@@ -60,7 +60,8 @@ class Provided:
         """A finished copy engine run (a CopyResult), as stream_copy and the
         ``copy`` command report it: the disk holds the image's bytes as they are."""
         return cls(
-            method='reused' if copied.reused_existing else 'copy',
+            method=('reused' if copied.reused_existing
+                    else 'local copy' if copied.copied_from else 'copy'),
             bytes_copied=copied.bytes_transferred,
             disk_format=disk_format or RAW,
             verified=' and '.join(
@@ -70,7 +71,9 @@ class Provided:
                      'restarts_from_zero': copied.restarts_from_zero,
                      'retries': copied.retries, 'size': copied.size,
                      'sparse_bytes': copied.sparse_bytes,
-                     'reused_existing': copied.reused_existing})
+                     'reused_existing': copied.reused_existing,
+                     **({'copied_from': copied.copied_from}
+                        if copied.copied_from else {})})
 
 
 @dataclasses.dataclass

@@ -1,5 +1,8 @@
 """One transfer per image per host, and one writer per partial file.
 
+The lock file also records the last file a transfer of the image published, so a
+copy of the same image to another target reads that file, not the source again.
+
 The per-image lock is an flock on ``.<lock_name>.lock`` (between processes)
 plus a threading lock (between threads of one process, whatever the
 platform's flock semantics). The partial file is flocked too, so two copies
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import threading
 import time
@@ -18,7 +22,7 @@ from collections.abc import Iterator
 from oslo_log import log as logging
 
 from image_handlers import exceptions
-from image_handlers.copy import fsutil
+from image_handlers.copy import file_source, fsutil
 from image_handlers.copy.cancel import CancelToken
 from image_handlers.copy.checkpoint import CopyPaths
 
@@ -122,3 +126,60 @@ def open_partial(paths: CopyPaths) -> tuple[int, bool]:
             return fd, created
         os.close(fd)
     raise OSError(errno.EAGAIN, f'cannot lock {paths.partial}: it keeps being replaced')
+
+
+# -- one transfer per image, whatever the targets ------------------------------------
+# The lock makes a second copy of the image wait; when the first published the same
+# target, the second reuses it (engine._reuse). When it published another one (16
+# requests, 16 disks), the second reads that file instead of the source: the copy
+# that published records it IN the lock file, while it still holds the lock, and
+# only a holder of the lock reads it (so no reader sees half a record).
+
+def record_published(lock: str, target: str, checksum: str | None) -> None:
+    """Note (holding the lock) the file a transfer of the image just published."""
+    if checksum is None:
+        return              # nothing would prove a local file's bytes: never reused
+    try:
+        st = os.stat(target, follow_symlinks=False)
+        doc = json.dumps({'target': target, 'checksum': checksum,
+                          'stat_key': list(file_source.stat_key(st))}).encode()
+        fd = os.open(lock, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, doc, 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        LOG.warning('cannot record the copy published at %s in lock %s (the next '
+                    'copy of this image to another target will transfer it again): '
+                    '%s', target, lock, exc)
+
+
+def published_copy(lock: str, checksum: str | None, target: str,
+                   description: str) -> file_source.LocalFileSource | None:
+    """The file of this image another transfer published, as a source, when it is
+    still that very file and of the same checksum; else None (hold the lock)."""
+    if checksum is None:
+        return None
+    try:
+        with open(lock, 'rb') as f:
+            raw = f.read(64 << 10)
+        doc = json.loads(raw) if raw else None
+    except (OSError, ValueError) as exc:
+        LOG.warning('%s: ignoring the record in lock %s: %s', description, lock, exc)
+        return None
+    if not isinstance(doc, dict) or doc.get('checksum') != checksum:
+        return None
+    path, key = doc.get('target'), doc.get('stat_key')
+    if (not isinstance(path, str) or path == target or not isinstance(key, list)
+            or len(key) != 4 or not all(type(k) is int for k in key)):
+        return None
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    if tuple(key) != file_source.stat_key(st):
+        return None             # removed, replaced or written since
+    return file_source.LocalFileSource(
+        path, tuple(key), f'{description} (from {path}, published by another '
+                          f'transfer of this image on this host)')

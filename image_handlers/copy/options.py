@@ -57,3 +57,7 @@ class CopyResult:
     direct_bytes: int = 0       # of the bytes written, those that bypassed the page cache
     throttled_seconds: float = 0.0  # time spent waiting on the bandwidth limit
     signature_verified: bool = False    # the image's signature held, in the same pass
+    # Set when the bytes came from a file of this host (another target of the same
+    # image, published while this copy waited for the image lock), not the source:
+    # bytes_transferred is then 0.
+    copied_from: str | None = None
