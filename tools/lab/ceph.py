@@ -43,6 +43,7 @@ CEPH_MON = "/usr/bin/ceph-mon"
 CEPH_OSD = "/usr/bin/ceph-osd"
 CEPH = "/usr/bin/ceph"
 RBD = "/usr/bin/rbd"
+RADOS = "/usr/bin/rados"
 CEPH_AUTHTOOL = "/usr/bin/ceph-authtool"
 MONMAPTOOL = "/usr/bin/monmaptool"
 REQUIRED = (CEPH_MON, CEPH_OSD, CEPH, RBD, CEPH_AUTHTOOL, MONMAPTOOL)
@@ -76,7 +77,15 @@ if [ "$go" != osd ]; then echo "supervisor: told '$go'"; kill -KILL 0; fi
 /usr/bin/ceph-osd -f -c "$W/ceph.conf" -i "$OSD" &
 osd=$!
 wait -n "$mon" "$osd"
-echo "supervisor: a ceph daemon exited with status $?: killing the cluster"
+status=$?
+if [ -e "$W/daemon-faults" ]; then
+    # Fault trials (CephService(daemon_faults=True)) kill one daemon and start it
+    # again themselves (start_daemon): keep the other running, reap it when it ends.
+    echo "supervisor: a ceph daemon exited with status $status: daemon faults allowed"
+    wait
+    exit 0
+fi
+echo "supervisor: a ceph daemon exited with status $status: killing the cluster"
 kill -KILL "$mon" "$osd" 2>/dev/null
 wait  # reap both here: zombies left to init would still match `pgrep -f ceph-`
 exit 1
@@ -111,14 +120,25 @@ class CephService(LabService):
     command_timeout: ClassVar[float] = 20.0  # bound on each setup command
 
     def __init__(self, name: str = "ceph", *, pools: tuple[str, ...] = DEFAULT_POOLS,
-                 memstore_bytes: str = "8G", run_dir: Path | None = None) -> None:
+                 memstore_bytes: str = "8G", objectstore: str = "memstore",
+                 daemon_faults: bool = False, run_dir: Path | None = None) -> None:
         """name: instance name = work dir ``<run>/<name>``; different names are separate
         clusters (own fsid, keys, free ports). pools: created with 8 PGs, size 1, and
-        ``rbd pool init``. memstore_bytes: the OSD's reported capacity (RAM-backed)."""
+        ``rbd pool init``. memstore_bytes: the OSD's reported capacity (RAM-backed).
+        objectstore: "memstore" (RAM: an OSD killed loses its data) or "bluestore"
+        (a sparse file ``osd.0.block`` in the work dir, ~10 s more to start: the data
+        survives ``kill_daemon("osd")``). daemon_faults: a daemon that dies leaves
+        the other running (else the supervisor kills the cluster), for
+        ``kill_daemon``/``start_daemon``."""
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"bad lab service name {name!r}")
+        if objectstore not in ("memstore", "bluestore"):
+            raise ValueError(f"objectstore {objectstore!r}: memstore or bluestore")
         self.pools = tuple(pools)
         self.memstore_bytes = memstore_bytes
+        self.objectstore = objectstore
+        self.daemon_faults = daemon_faults
+        self._restarted: list[subprocess.Popen[bytes]] = []
         self._booting = False
         self._t0 = time.monotonic()
         self._phases: dict[str, float] = {}
@@ -207,15 +227,28 @@ keyring = $osd_data/keyring
 admin socket = {w}/$name.asok
 pid file = {w}/$name.pid
 log file = {w}/$name.log
-osd objectstore = memstore
-memstore device bytes = {self.memstore_bytes}
-memstore page set = true
+{self._store_conf()}
 public addr = {LOOPBACK}
 cluster addr = {LOOPBACK}
 
 [client]
 keyring = {self.keyring_path}
 """
+
+    def _store_conf(self) -> str:
+        if self.objectstore == "bluestore":
+            # Small caches: the block file is sparse, the OSD's RAM stays ~1 GiB.
+            return f"""osd objectstore = bluestore
+bluestore block path = {self.workdir}/osd.$id.block
+bluestore block create = true
+bluestore block size = 10737418240
+bluestore fsck on mount = false
+bluestore cache autotune = false
+bluestore cache size = 134217728
+osd memory target = 939524096"""
+        return f"""osd objectstore = memstore
+memstore device bytes = {self.memstore_bytes}
+memstore page set = true"""
 
     # -- subprocess helpers ------------------------------------------------------------------
     def _run(self, argv: list[str], *, client: bool = False, input: bytes | None = None,
@@ -318,6 +351,11 @@ keyring = {self.keyring_path}
         os.mkfifo(self.workdir / "osd.go")
         script = self.workdir / "supervise.sh"
         script.write_text(SUPERVISOR)
+        flag = self.workdir / "daemon-faults"
+        if self.daemon_faults:
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
         return ["/bin/bash", str(script), str(self.workdir), MON_ID, str(OSD_ID)]
 
     def is_healthy(self) -> bool:
@@ -479,6 +517,11 @@ keyring = {self.keyring_path}
                 except ProcessLookupError:
                     pass
 
+    def _reap(self) -> None:
+        super()._reap()
+        for proc in self._restarted:  # daemons start_daemon ran
+            proc.poll()
+
     def _wait_gone(self, pids: set[int], timeout: float) -> None:
         """Wait until the pids have no /proc entry (dead and reaped), at most timeout."""
         deadline = time.monotonic() + timeout
@@ -495,8 +538,63 @@ keyring = {self.keyring_path}
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
         self._proc = None
+        self._restarted = []
         self.state = {}
         self.last_stop_seconds = round(time.monotonic() - t0, 3)
+
+    # -- faults (daemon_faults=True) ---------------------------------------------------------
+    def kill_daemon(self, kind: str) -> int:
+        """SIGKILL the ``mon`` or the ``osd``, as a crash would; returns its pid. The
+        other daemon keeps running (only with daemon_faults: else the supervisor
+        ends the cluster). With memstore a killed OSD's data is gone: use bluestore."""
+        if not self.daemon_faults:
+            raise ServiceError(f"{self.name}: started without daemon_faults=True")
+        pid = self.daemon_pid(kind)
+        if pid is None:
+            raise ServiceError(f"{self.name}: no {kind} running")
+        self._signal({pid})
+        self._wait_gone({pid}, 5.0)
+        if _alive(pid):
+            raise ServiceError(f"{self.name}: {kind} {pid} survived SIGKILL")
+        return pid
+
+    def start_daemon(self, kind: str, timeout: float = 60.0) -> float:
+        """Start the ``mon`` or ``osd`` again on its data (outside the supervisor's
+        process group: stop() finds it by its pid file) and wait until it serves: the
+        mon answers ``ceph status``, the OSD answers a read in every pool. Returns the
+        seconds that took."""
+        if self.daemon_pid(kind) is not None:
+            raise ServiceError(f"{self.name}: {kind} is already running")
+        t0 = time.monotonic()
+        exe, ident = (CEPH_MON, MON_ID) if kind == "mon" else (CEPH_OSD, str(OSD_ID))
+        argv = [exe, "-f", "-c", str(self.conf_path), "-i", ident]
+        with open(self.log_file, "ab") as log:
+            log.write(f"+ {' '.join(argv)}  (start_daemon)\n".encode())
+            log.flush()
+            self._restarted.append(subprocess.Popen(
+                argv, cwd=self.workdir, env=_daemon_env(), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        conf = ["-c", str(self.conf_path)]
+        if kind == "mon":
+            probes = [[CEPH, *conf, "--connect-timeout", "5", "status"]]
+        else:
+            probes = [[RADOS, *conf, "--rados-osd-op-timeout", "3", "-p", pool, "stat",
+                       "image-handlers-lab-probe"] for pool in self.pools]
+        deadline = t0 + timeout
+        for probe in probes:
+            while True:
+                proc = subprocess.run(probe, env=dict(_daemon_env(), **self.env()),
+                                      capture_output=True, timeout=timeout)
+                # stat of a missing object answers ENOENT (exit 2): the OSD served it.
+                if proc.returncode == 0 or (kind == "osd" and b"No such file" in proc.stderr):
+                    break
+                if self._restarted[-1].poll() is not None:
+                    self._fail(f"{kind} exited ({self._restarted[-1].returncode}) "
+                               f"after start_daemon")
+                if time.monotonic() > deadline:
+                    self._fail(f"{kind} not serving {timeout:.0f} s after start_daemon")
+                time.sleep(0.1)
+        return round(time.monotonic() - t0, 2)
 
     def osd_rss_kib(self) -> int | None:
         """Resident memory of the OSD (memstore keeps the data there), or None."""

@@ -343,6 +343,42 @@ class LabService(abc.ABC):
         self._proc = None
         self.state = {}
 
+    # -- faults ---------------------------------------------------------------------
+    def kill(self) -> None:
+        """SIGKILL the daemon's process group, as a crash would. Config, data and
+        state stay, so restart() brings the same service back on the same port."""
+        pid = self.pid()
+        if pid is None:
+            raise ServiceError(f"{self.name}: not running")
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 5.0
+        while group_members(pid) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.02)
+        self._reap()
+        if group_members(pid):
+            raise ServiceError(f"{self.name}: process group {pid} survived SIGKILL")
+
+    def restart(self) -> "LabService":
+        """Run the daemon again on what prepare() made before (same port, data), and
+        wait until it is healthy; a running one is killed first."""
+        self.state = self._load_state() or self.state
+        if not self.state or not self.workdir.is_dir():
+            raise ServiceError(f"{self.name}: never started (no state): use start()")
+        if self.pid() is not None:
+            self.kill()
+        argv = self.command()
+        if argv is None:
+            raise ServiceError(f"{self.name}: no daemon to restart")
+        t0 = time.monotonic()
+        self._spawn(argv, t0)
+        self.state["restart_seconds"] = round(time.monotonic() - t0, 2)
+        self.save_state()
+        return self
+
     def status(self) -> dict[str, Any]:
         """Summary for ``python -m tools.lab status``."""
         return {"name": self.name, "running": self.is_running(), "workdir": str(self.workdir),
