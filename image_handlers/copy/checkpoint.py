@@ -47,6 +47,9 @@ class Checkpoint:
     # The Glance image it is a copy of, when known: clean-up removes a partial
     # whose image is gone (image_handlers.cleanup).
     image_id: str | None = None
+    # Where the source resumes ``offset`` from, when it cannot simply seek there:
+    # a compressed source's last frame boundary at or before it (Source.position).
+    position: dict[str, Any] | None = None
 
     def matches(self, expected_size: int | None, checksum: str | None,
                 source_url: Any) -> str | None:
@@ -86,8 +89,10 @@ def load(paths: CopyPaths) -> Checkpoint | None:
         if not isinstance(source, dict):
             raise ValueError('bad source')
         image_id = data.get('image_id')
+        position = data.get('position')
         return Checkpoint(offset, size, data['checksum'], source,
-                          image_id if isinstance(image_id, str) else None)
+                          image_id if isinstance(image_id, str) else None,
+                          position if isinstance(position, dict) else None)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

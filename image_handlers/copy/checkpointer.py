@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from oslo_log import log as logging
 
@@ -20,8 +22,11 @@ LOG = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    def __init__(self, fd: int, paths: CopyPaths, meta: Checkpoint) -> None:
+    def __init__(self, fd: int, paths: CopyPaths, meta: Checkpoint,
+                 position: Callable[[int], dict[str, Any] | None] | None = None
+                 ) -> None:
         self._fd = fd
+        self._position = position     # the source's resume point for an offset
         self._paths = paths
         self._meta = meta
         self._cond = threading.Condition()
@@ -99,7 +104,9 @@ class Checkpointer:
 
     def _save(self, offset: int) -> None:
         os.fdatasync(self._fd)
-        checkpoint.save(self._paths, dataclasses.replace(self._meta, offset=offset))
+        position = self._position(offset) if self._position else None
+        checkpoint.save(self._paths, dataclasses.replace(self._meta, offset=offset,
+                                                         position=position))
         if not self._dir_synced:
             fsutil.fsync_dir(self._paths.directory)
             self._dir_synced = True

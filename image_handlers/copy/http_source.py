@@ -57,6 +57,10 @@ class HttpSource:
         self._basic_auth = _basic_auth(parts)
         self._validator: str | None = None
         self._no_ranges = False     # the server answered 400 to a ranged GET
+        # Content-Encodings a wrapper decodes (compression.CompressedSource sets
+        # them); ranges and lengths are then in the encoded bytes. Any other
+        # encoding is refused: Accept-Encoding is always identity.
+        self.content_encodings: frozenset[str] = frozenset()
         self._identity: dict[str, Any] = {'url': _identity_url(parts)}
 
     def apply_timeouts(self, connect_timeout: float, read_timeout: float) -> None:
@@ -188,7 +192,7 @@ class HttpSource:
         if status >= 500:
             raise TransientSourceError(f'GET {shown}: HTTP {status} {resp.reason}')
         encoding = (resp.getheader('Content-Encoding') or 'identity').strip().lower()
-        if encoding != 'identity':
+        if encoding != 'identity' and encoding not in self.content_encodings:
             raise exceptions.SourceError(
                 f'GET {shown}: the server sent Content-Encoding {encoding} although '
                 f'only identity was accepted')
@@ -205,7 +209,9 @@ class HttpSource:
         self._identity = {'url': self._identity['url'], 'etag': etag,
                           'last_modified': last_modified, 'size': total}
         self._validator = _validator(etag, last_modified)
-        return HttpStream(conn, resp, start, total, length, shown)
+        stream = HttpStream(conn, resp, start, total, length, shown)
+        stream.content_encoding = encoding
+        return stream
 
     def _unsatisfiable(self, conn: http.client.HTTPConnection,
                        resp: http.client.HTTPResponse, shown: str,
@@ -230,6 +236,7 @@ class HttpStream:
                  total: int | None, length: int | None, shown: str) -> None:
         self.start = start
         self.total = total
+        self.content_encoding = 'identity'     # as the server labelled the bytes
         self._conn = conn
         self._resp = resp
         self._pos = start

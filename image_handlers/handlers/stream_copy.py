@@ -17,7 +17,9 @@ from __future__ import annotations
 from oslo_config import cfg
 
 from image_handlers import conf as ih_conf
+from image_handlers import exceptions
 from image_handlers import copy as copy_engine
+from image_handlers.copy import compression
 from image_handlers.copy.conf import copy_options, copy_opts
 from image_handlers.copy.rbd_source import RbdSource
 from image_handlers.handlers.base import Decision, Handler, Refused, Request
@@ -110,7 +112,12 @@ class StreamCopyHandler(Handler):
                  if expected or expect.signature else 'NOT verified')
         if isinstance(location, RbdLocation):
             return self._decide_rbd(request, location, size, check)
-        return Decision(f'full copy of {size} from {location.display}, {check}',
+        try:
+            packed = compression.declared(location.metadata)
+        except exceptions.InvalidLocation as exc:
+            raise Refused(str(exc)) from None
+        how = f', decompressing its {packed} data' if packed else ''
+        return Decision(f'full copy of {size} from {location.display}{how}, {check}',
                         method='copy')
 
     def _decide_rbd(self, request: Request, location: RbdLocation, size: str,
@@ -137,7 +144,11 @@ class StreamCopyHandler(Handler):
         else:
             headers = (request.glance_auth_headers
                        if isinstance(location, GlanceApiLocation) else None)
-            source = copy_engine.HttpSource(location.url, headers=headers)
+            # Declared compression (location metadata) or the server's
+            # Content-Encoding is decoded; otherwise the bytes pass through.
+            source = compression.wrap(
+                copy_engine.HttpSource(location.url, headers=headers),
+                location.metadata)
         signature = request.expect.signature
         task = copy_engine.copy(
             source, request.target.path, checksum=request.expect.require_checksum(),
@@ -151,5 +162,8 @@ class StreamCopyHandler(Handler):
             # Holes are zeros made here, not reads: what the cluster really served.
             provided.details.update(rbd_bytes_read=source.bytes_read,
                                     rbd_hole_bytes=source.hole_bytes)
+        elif source.codec is not None:
+            provided.details.update(compression=source.codec,
+                                    compressed_bytes_read=source.compressed_bytes_read)
         return provided
 

@@ -30,6 +30,7 @@ class Faults:
     pause_after: int | None = None    # stop sending after N body bytes until resumed
     fail_from_request: int | None = None  # the Nth request (0-based) and later get 503
     redirects: dict[str, str] = dataclasses.field(default_factory=dict)
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)  # on the object
 
 
 @dataclasses.dataclass
@@ -153,6 +154,8 @@ class FaultServer:
         h.send_header('ETag', self.etag)
         h.send_header('Last-Modified', LAST_MODIFIED)
         h.send_header('Accept-Ranges', 'bytes')
+        for name, value in faults.headers.items():
+            h.send_header(name, value)
         if status == 206:
             h.send_header('Content-Range', f'bytes {start}-{end - 1}/{size}')
         h.end_headers()
