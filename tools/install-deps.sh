@@ -35,6 +35,9 @@ APT_PACKAGES=(
   # libnbd's Python bindings (not on PyPI): reading a LUN through qemu-nbd at hash
   # speed, to verify it.
   python3-libnbd libnbd-bin
+  # The DevStack plugin's shell files are checked with shellcheck by the tests
+  # (tests/devstack).
+  shellcheck
 )
 
 stamp_ok() {  # stamp_ok NAME CONTENT -> true when the stamp holds CONTENT

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Apply nova_patches/ to an installed Nova, or check that they apply.
+# Apply nova_patches/ to an installed Nova, check that they apply, tell whether
+# they are applied, or revert them (devstack's plugin re-stacks and cleans).
 #
-#   tools/nova-patch.sh apply|check [PYTHON]   # PYTHON: the one Nova runs under
+#   tools/nova-patch.sh apply|check|applied|revert [PYTHON]
+#                               # PYTHON: the one Nova runs under
 #
 # Refuses a Nova whose version has no patch directory here, and refuses to apply
-# a patch that does not apply cleanly (nothing is changed then).
+# (or revert) a patch that does not apply (or reverse) cleanly: nothing is
+# changed then. "applied" exits 0 when every patch is applied, 1 otherwise.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-mode=${1:?usage: tools/nova-patch.sh apply|check [PYTHON]}
+mode=${1:?usage: tools/nova-patch.sh apply|check|applied|revert [PYTHON]}
+case $mode in apply|check|applied|revert) ;; *)
+  echo "nova-patch: unknown mode '$mode' (apply, check, applied, revert)" >&2; exit 2;; esac
 py=${2:-python3}
 read -r version site < <("$py" -c '
 import os, nova.version
@@ -18,6 +23,24 @@ if [ ! -d "$dir" ]; then
   echo "nova-patch: no patches for Nova $version in nova_patches/ (have:" \
        "$(cd "$top/nova_patches" && ls -d nova-* | tr '\n' ' '))" >&2
   exit 2
+fi
+if [ "$mode" = applied ] || [ "$mode" = revert ]; then
+  # Reversed in the opposite order; every reversal is tried before any is made.
+  mapfile -t patches < <(printf '%s\n' "$dir"/*.patch | sort -r)
+  for p in "${patches[@]}"; do
+    if ! patch -p1 -d "$site" --dry-run --reverse --force --quiet <"$p" >/dev/null; then
+      [ "$mode" = applied ] && exit 1
+      echo "nova-patch: $(basename "$p") is not applied to Nova $version in $site" \
+           "(or Nova was changed since); nothing was reverted" >&2
+      exit 1
+    fi
+  done
+  [ "$mode" = applied ] && exit 0
+  for p in "${patches[@]}"; do
+    patch -p1 -d "$site" --reverse --force --quiet <"$p"
+    echo "nova-patch: reverted $(basename "$p") in $site"
+  done
+  exit 0
 fi
 for p in "$dir"/*.patch; do
   if ! patch -p1 -d "$site" --dry-run --forward --quiet <"$p" >/dev/null; then
