@@ -420,7 +420,10 @@ def clone_soak(lab: Lab, clones: int, fresh_every: int = 10,
     if left:
         problems.append(f'clones left in pool vms: {left[:5]}')
     problems += over_bounds(base, after)
+    locks = os.path.join(lab.work, 'state', 'locks')
     return {'clones': clones, 'fresh_chain_every': fresh_every, 'warmup': warmup,
+            # reported, not bounded: lock files left in state_dir/locks
+            'lock_files': len(os.listdir(locks)) if os.path.isdir(locks) else 0,
             'seconds': round(seconds, 1), 'before': base, 'after': after,
             'growth': growth(base, after), 'samples': samples,
             'peak': {k: max([s[k] for s in samples] + [after[k]]) for k in base},
