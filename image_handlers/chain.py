@@ -153,7 +153,8 @@ class HandlerChain:
                 yield Verdict(handler, None, None, str(refused))
                 continue
             for ranked in rank_locations(candidates, self.host, self.throughput,
-                                         use_throughput=self.use_throughput):
+                                         use_throughput=self.use_throughput,
+                                         resumes=handler.resumes_from(request)):
                 try:
                     decision = handler.decide(request, ranked.location)
                 except Refused as refused:

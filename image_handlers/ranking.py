@@ -3,7 +3,10 @@
 Handler order comes first (the deployer's list). Within a handler, locations are
 ordered by operator weight from location metadata (per-host weight, else global
 weight; higher first), then healthy before failed recently on this host (see
-throughput.py; off with location_failure_half_life = 0), then, when enabled, by
+throughput.py; off with location_failure_half_life = 0), then the location a
+partial copy of the target came from (it resumes there: another location may
+not honour the range request, and the kept bytes would be fetched again; found
+by tools/kill_trials.py), then, when enabled, by
 throughput measured on this host (locations never measured first, so each gets
 measured), then by Glance's order.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 from image_handlers.locations import Location
 from image_handlers.throughput import Health, ThroughputStore
@@ -23,6 +27,7 @@ class RankedLocation:
     mib_per_s: float | None
     health: Health = Health()
     throughput_used: bool = True
+    resumes: bool = False       # a partial copy of the target came from here
 
     @property
     def why(self) -> str:
@@ -34,7 +39,9 @@ class RankedLocation:
         if self.health.failed_recently:
             failed = (f', failed {self.health.failures}x recently, last '
                       f'{self.health.last_failure_ago:.0f} s ago: tried after healthy ones')
-        return (f'weight {self.weight}, {speed}{failed}, '
+        resumes = (', the partial copy of the target came from it: resumed there'
+                   if self.resumes else '')
+        return (f'weight {self.weight}, {speed}{failed}{resumes}, '
                 f'Glance position {self.location.index}')
 
     def details(self) -> dict:
@@ -44,9 +51,12 @@ class RankedLocation:
 
 def rank_locations(locations: list[Location], host: str,
                    store: ThroughputStore | None,
-                   use_throughput: bool = True) -> list[RankedLocation]:
+                   use_throughput: bool = True,
+                   resumes: Callable[[Location], bool] | None = None
+                   ) -> list[RankedLocation]:
     """``store`` None: weight and Glance order only; ``use_throughput`` False: the
-    store still puts recently failed locations last, but speed does not order."""
+    store still puts recently failed locations last, but speed does not order.
+    ``resumes(location)``: True for the location a partial copy came from."""
     measured = store.load() if store is not None else {}
 
     def health(loc: Location) -> Health:
@@ -56,11 +66,13 @@ def rank_locations(locations: list[Location], host: str,
     for loc in locations:
         h = health(loc)
         ranked.append(RankedLocation(loc, loc.weight_for(host), h.mib_per_s, h,
-                                     use_throughput))
+                                     use_throughput,
+                                     bool(resumes is not None and resumes(loc))))
     by_speed = store is not None and use_throughput
     ranked.sort(key=lambda r: (
         -r.weight,
         r.health.failed_recently,
+        not r.resumes,
         -(math.inf if r.mib_per_s is None else r.mib_per_s) if by_speed else 0,
         r.location.index))
     return ranked

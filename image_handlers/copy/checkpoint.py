@@ -111,13 +111,21 @@ def save(paths: CopyPaths, checkpoint: Checkpoint) -> None:
     fd = os.open(paths.checkpoint_tmp,
                  os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(body)
-        while len(view):
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(paths.checkpoint_tmp, paths.checkpoint)
+        try:
+            view = memoryview(body)
+            while len(view):
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(paths.checkpoint_tmp, paths.checkpoint)
+    except BaseException:
+        # e.g. ENOSPC: the previous checkpoint stays whole; no half-written tmp
+        try:
+            os.unlink(paths.checkpoint_tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def remove(paths: CopyPaths, partial: bool = True) -> None:

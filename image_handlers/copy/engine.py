@@ -173,7 +173,10 @@ class _Transfer:
         self.retries = 0
         self.restarts = 0
         self.resumed_from: int | None = None
-        self.next_checkpoint = self.opts.checkpoint_interval
+        # The writer waits when the last checkpoint is still being synced as the
+        # next is due: a kill loses less than two intervals, even on a slow disk.
+        self.step = self.opts.checkpoint_interval
+        self.next_checkpoint = self.step
         self.pool = BufferPool.create(BUFFERS, self.opts.buffer_size)
         # One limit for the host: every copy with this lock directory (nova.conf's
         # state_dir) shares it; without one, every copy of this process.
@@ -210,6 +213,12 @@ class _Transfer:
         except (exceptions.ChecksumMismatch, exceptions.SizeMismatch,
                 exceptions.TargetExists):
             self._discard()
+            raise
+        except exceptions.DiskFull:
+            # Refused before this run wrote a byte: a resumable partial is kept
+            # as it was (space freed, the next copy resumes); an empty one goes.
+            if self.offset == 0:
+                self._discard()
             raise
         except OSError as exc:
             if not fsutil.is_disk_full(exc):
@@ -313,7 +322,7 @@ class _Transfer:
                      job.description, old.offset, self.paths.partial)
             read_fd(self.fd, old.offset, self._digests(), self.pool, self.cancel,
                     job.description)
-        self.next_checkpoint = self.offset + self.opts.checkpoint_interval
+        self.next_checkpoint = self.offset + self.step
 
     def _meta(self) -> Checkpoint:
         return Checkpoint(offset=0, expected_size=self.job.expected_size,
@@ -329,7 +338,7 @@ class _Transfer:
         os.ftruncate(self.fd, 0)
         self.offset = 0
         self.writer.sparse_bytes = 0
-        self.next_checkpoint = self.opts.checkpoint_interval
+        self.next_checkpoint = self.step
         if self.job.checksum is not None:
             self.hasher = self.job.checksum.new()
         if self.job.signature is not None:
@@ -345,6 +354,8 @@ class _Transfer:
         job = self.job
         failures = 0            # in a row without a new byte (options.retries bounds it)
         offset_at_failure = self.offset
+        if self.total is not None:
+            fsutil.check_space(self.paths, job.description, self.total, self.offset)
         self.progress.start(self.offset, self.total)
         LOG.info('%s: copying to %s%s', job.description, self.paths.target,
                  f' from byte {self.offset}' if self.offset else '')
@@ -417,6 +428,9 @@ class _Transfer:
                     f'image {expected}; nothing was published to {self.paths.target}')
             self.total = total
             self.progress.total = total
+            if self.received == 0:      # nothing written yet by this run
+                fsutil.check_space(self.paths, self.job.description, total,
+                                   self.offset)
         return True
 
     def _write(self, buffer: Buffer, n: int) -> None:
@@ -431,8 +445,8 @@ class _Transfer:
         self.offset = offset + n
         self.received += n
         if self.offset >= self.next_checkpoint:
-            self.checkpointer.request(self.offset)
-            self.next_checkpoint = self.offset + self.opts.checkpoint_interval
+            self.checkpointer.request(self.offset, max_lag=self.step)
+            self.next_checkpoint = self.offset + self.step
         self.progress.update(self.offset, self.received)
 
     # -- verification ----------------------------------------------------

@@ -112,6 +112,11 @@ class Handler(abc.ABC):
         """Locations this handler would consider (extra ones it brings, too)."""
         return [loc for loc in request.image.locations if loc.scheme in self.schemes]
 
+    def resumes_from(self, request: Request) -> Callable[[Location], bool] | None:
+        """Which candidate a partial copy of the target came from (tried first
+        among equals: it can resume there), or None (the default: no partials)."""
+        return None
+
     @abc.abstractmethod
     def decide(self, request: Request, location: Location) -> Decision:
         """How this handler would serve ``request`` from ``location``; raise

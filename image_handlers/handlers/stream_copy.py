@@ -13,6 +13,7 @@ copy is the final word on the bytes.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 
 from oslo_config import cfg
 
@@ -20,7 +21,9 @@ from image_handlers import conf as ih_conf
 from image_handlers import exceptions
 from image_handlers import copy as copy_engine
 from image_handlers.copy import compression
+from image_handlers.copy import checkpoint as copy_checkpoint
 from image_handlers.copy.conf import copy_options, copy_opts
+from image_handlers.exceptions import ImageHandlerError
 from image_handlers.copy.rbd_source import RbdSource
 from image_handlers.handlers.base import Decision, Handler, Refused, Request
 from image_handlers.locations import (GlanceApiLocation, HttpLocation, Location,
@@ -51,6 +54,17 @@ stream_copy_opts = (
 )
 
 
+def _source_url(location: Location) -> str | None:
+    """The URL a copy from ``location`` records in its checkpoint."""
+    if isinstance(location, RbdLocation):
+        return (f'rbd://{location.fsid}/{location.pool}/{location.image}/'
+                f'{location.snapshot}')
+    try:
+        return copy_engine.HttpSource(location.url).identity()['url']
+    except (ImageHandlerError, ValueError):
+        return None
+
+
 class StreamCopyHandler(Handler):
     name = 'stream_copy'
     target_kinds = frozenset({FILE})
@@ -78,6 +92,20 @@ class StreamCopyHandler(Handler):
                 request.glance_endpoint, request.image.id, self.glance_api_weight,
                 index=len(request.image.locations)))
         return listed
+
+    def resumes_from(self, request: Request) -> Callable[[Location], bool] | None:
+        """The location the target's partial copy was read from (its checkpoint
+        names it): resuming there keeps the partial's bytes, where another may
+        ignore the range request (Glance's data API over an http store does) and
+        the copy would start over (found by tools/kill_trials.py)."""
+        if request.target.kind != FILE or not request.target.path:
+            return None
+        found = copy_checkpoint.load(
+            copy_checkpoint.CopyPaths.for_target(request.target.path))
+        if found is None or not found.source.get('url'):
+            return None
+        url = found.source['url']
+        return lambda location: _source_url(location) == url
 
     def decide(self, request: Request, location: Location) -> Decision:
         image = request.image

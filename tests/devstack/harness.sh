@@ -35,9 +35,9 @@ elif [[ ${#phases[@]} -eq 0 ]]; then
     phases=("")
 fi
 
-# shellcheck source=/dev/null  # DevStack's own code, not linted here
+# shellcheck source=tests/devstack/devstack-funcs/functions-common
 source "$HARNESS_DIR/devstack-funcs/functions-common"
-# shellcheck source=/dev/null
+# shellcheck source=tests/devstack/devstack-funcs/ini-config
 source "$HARNESS_DIR/devstack-funcs/ini-config"
 
 # Globals of stackrc, lib/nova, lib/glance, lib/tempest and inc/python.
