@@ -125,6 +125,19 @@ if ! stamp_ok nova-patched "$nova_digest" || ! installed "$state/venv-nova/bin/p
   stamp_set nova-patched "$nova_digest"
 fi
 
+# Tempest 47 with this project beside it: tempest's plugin manager and runner load
+# image_handlers.tempest_plugin from here (tests/tempest_plugin; the lab cloud runs
+# the scenarios with it). The editable install is redone when setup.cfg (the
+# tempest.test_plugins entry point) changes.
+make_venv "$state/venv-tempest" venv-tempest "$top/tools/lab/tempest-requirements.txt" \
+  "$top/requirements.txt"
+if ! stamp_ok venv-tempest-project "$cfg_digest" || ! installed "$state/venv-tempest/bin/python"; then
+  log "installing image_handlers (editable) into .lab/venv-tempest"
+  PBR_VERSION=${PBR_VERSION:-0.1.0} quiet venv-tempest "$state/venv-tempest/bin/pip" install \
+    --no-deps -e "$top"
+  stamp_set venv-tempest-project "$cfg_digest"
+fi
+
 # Debian's rados/rbd/nbd bindings are built for /usr/bin/python3.11; every virtualenv
 # uses that interpreter, so linking the modules in makes them importable.
 link_ceph_bindings() {  # link_ceph_bindings VENV
@@ -141,5 +154,6 @@ link_ceph_bindings() {  # link_ceph_bindings VENV
 link_ceph_bindings "$top/.venv"
 link_ceph_bindings "$state/venv-glance"
 link_ceph_bindings "$state/venv-nova"
+link_ceph_bindings "$state/venv-tempest"
 
 log "done"
