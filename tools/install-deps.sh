@@ -35,6 +35,9 @@ APT_PACKAGES=(
   # libnbd's Python bindings (not on PyPI): reading a LUN through qemu-nbd at hash
   # speed, to verify it.
   python3-libnbd libnbd-bin
+  # The cache tier of stream_copy and the fleet bench: a real HTTP cache (squid),
+  # iproute2 for network namespaces, veth, a bridge and tc shaping.
+  squid iproute2
   # The DevStack plugin's shell files are checked with shellcheck by the tests
   # (tests/devstack).
   shellcheck

@@ -38,16 +38,27 @@ class HttpSource:
     for every request so an expiring token can be refreshed between retries.
     Caller headers and URL credentials are only sent to the URL's own origin,
     never to another host a redirect points at.
+
+    ``proxy`` (http://HOST:PORT of an HTTP cache, copy/cache_tier.py): every GET goes
+    to it in the form a shared cache can answer: absolute URI, the origin's Host,
+    Range and If-Range as for the origin, nothing per host. Caller headers and URL
+    credentials are then NOT sent (the cache would serve what they unlock to anyone
+    asking for the URL) unless ``proxy_gets_auth`` says the operator allows it.
     """
 
     def __init__(self, url: str, headers: HeadersArg = None, *,
                  connect_timeout: float | None = None,
                  read_timeout: float | None = None,
                  ssl_context: ssl.SSLContext | None = None,
-                 max_redirects: int = 5) -> None:
+                 max_redirects: int = 5, proxy: str | None = None,
+                 proxy_gets_auth: bool = False) -> None:
         parts = _split(url)
         self.url = url
         self.description = redact_url(url)
+        self._proxy = _proxy_parts(proxy, parts) if proxy else None
+        self._proxy_gets_auth = proxy_gets_auth
+        if self._proxy is not None:
+            self.description += f' via cache {redact_url(proxy)}'
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_redirects = max_redirects
@@ -106,10 +117,18 @@ class HttpSource:
         for _hop in range(self.max_redirects + 1):
             parts = _split(url)
             same_origin = _origin(parts) == self._origin
-            conn = self._connect(parts, url)
+            if self._proxy is not None:
+                conn = self._connect(self._proxy, url)
+                target = _absolute_target(parts)
+                headers = self._request_headers(
+                    offset, same_origin and self._proxy_gets_auth)
+                headers['Host'] = _host_header(parts)
+            else:
+                conn = self._connect(parts, url)
+                target = _request_target(parts)
+                headers = self._request_headers(offset, same_origin)
             try:
-                conn.request('GET', _request_target(parts),
-                             headers=self._request_headers(offset, same_origin))
+                conn.request('GET', target, headers=headers)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
@@ -136,6 +155,10 @@ class HttpSource:
             raise exceptions.SourceError(
                 f'GET {redact_url(url)} redirects to {redact_url(new)}: refused '
                 f'(only http(s), and never from https down to http)')
+        if self._proxy is not None and new_scheme != 'http':
+            raise exceptions.SourceError(
+                f'GET {self.description} redirects to {redact_url(new)}: a cache '
+                f'cannot read inside TLS; read that location directly')
         LOG.debug('%s redirects to %s', redact_url(url), redact_url(new))
         return new
 
@@ -302,6 +325,35 @@ def _identity_url(parts: urllib.parse.SplitResult) -> str:
     if parts.query:
         url += '?sha256=' + hashlib.sha256(parts.query.encode()).hexdigest()
     return url
+
+
+def _proxy_parts(proxy: str, parts: urllib.parse.SplitResult) -> urllib.parse.SplitResult:
+    """The cache's address; an https origin cannot be cached (a tunnel would be
+    opaque to it), so it is refused with what to do instead."""
+    if parts.scheme != 'http':
+        raise exceptions.InvalidLocation(
+            f'{redact_url(parts.geturl())} is https: a cache cannot read inside TLS '
+            f'(a CONNECT tunnel is never cached); give the cache an http origin or a '
+            f'mirror= route, or read it directly')
+    try:
+        proxy_parts = _split(proxy)
+    except exceptions.InvalidLocation as exc:
+        raise exceptions.InvalidLocation(f'cache proxy: {exc}') from None
+    if proxy_parts.path not in ('', '/') or proxy_parts.query:
+        raise exceptions.InvalidLocation(
+            f'cache proxy {redact_url(proxy)!r}: expected http(s)://HOST:PORT, '
+            f'without a path')
+    return proxy_parts
+
+
+def _absolute_target(parts: urllib.parse.SplitResult) -> str:
+    """What a proxy is asked for: the origin URL without credentials (the cache
+    key: the same for every host)."""
+    return f'{parts.scheme}://{_host_header(parts)}{_request_target(parts)}'
+
+
+def _host_header(parts: urllib.parse.SplitResult) -> str:
+    return parts.netloc.rpartition('@')[2]
 
 
 def _request_target(parts: urllib.parse.SplitResult) -> str:

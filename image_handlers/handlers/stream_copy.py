@@ -10,6 +10,10 @@ A location is a claim (OSSN-0065/0090), so an rbd location is read only when its
 fsid is one of a configured cluster, its pool is an allowed source pool and its RBD
 image is named after the Glance image, as for rbd_clone; the hash check after the
 copy is the final word on the bytes.
+
+HTTP caches and mirrors (``[image_handlers] http_cache``, copy/cache_tier.py) add
+locations read through them; they rank like any other and are refused while
+unhealthy.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from image_handlers import exceptions
 from image_handlers import copy as copy_engine
 from image_handlers.copy import compression
 from image_handlers.copy import checkpoint as copy_checkpoint
+from image_handlers.copy import cache_tier
 from image_handlers.copy.conf import copy_options, copy_opts
 from image_handlers.exceptions import ImageHandlerError
 from image_handlers.copy.rbd_source import RbdSource
@@ -32,6 +37,7 @@ from image_handlers.rbd import claims
 from image_handlers.rbd import options as rbd_options
 from image_handlers.results import Provided
 from image_handlers.targets import FILE
+from image_handlers.throughput import ThroughputStore
 
 
 stream_copy_opts = (
@@ -70,7 +76,8 @@ class StreamCopyHandler(Handler):
     target_kinds = frozenset({FILE})
     schemes = frozenset({'http', 'glance', 'rbd'})
     zero_copy = False
-    opts = tuple(copy_opts) + stream_copy_opts + rbd_options.cluster_opts
+    opts = (tuple(copy_opts) + stream_copy_opts + tuple(cache_tier.cache_opts)
+            + rbd_options.cluster_opts)
 
     @classmethod
     def register_opts(cls, conf: cfg.ConfigOpts) -> None:
@@ -84,6 +91,9 @@ class StreamCopyHandler(Handler):
         self.glance_api_weight = group.glance_api_weight
         self.rbd_clusters = claims.KnownClusters.from_conf(conf)
         self.rbd_source_pools = set(group.rbd_allowed_source_pools)
+        self.cache_routes = cache_tier.routes_from_conf(group)
+        self.host = group.host
+        self.health = ThroughputStore(group.state_dir, group.location_failure_half_life)
 
     def candidates(self, request: Request) -> list[Location]:
         listed = super().candidates(request)
@@ -91,7 +101,7 @@ class StreamCopyHandler(Handler):
             listed.append(GlanceApiLocation.for_image(
                 request.glance_endpoint, request.image.id, self.glance_api_weight,
                 index=len(request.image.locations)))
-        return listed
+        return listed + cache_tier.cache_locations(self.cache_routes, self.host, listed)
 
     def resumes_from(self, request: Request) -> Callable[[Location], bool] | None:
         """The location the target's partial copy was read from (its checkpoint
@@ -129,7 +139,14 @@ class StreamCopyHandler(Handler):
                 'whose format Nova inspects), or use a zero-copy handler')
         expect = request.expect
         expected = expect.require_checksum()
-        if isinstance(location, HttpLocation):
+        if isinstance(location, cache_tier.CacheLocation):
+            self._check_cache(location)
+        elif isinstance(location, HttpLocation):
+            route = cache_tier.direct_refused_by(self.cache_routes, self.host, location)
+            if route is not None:
+                raise Refused(
+                    f'[image_handlers] http_cache route {route.name} says direct=no: '
+                    f'this location is read only through it, never from its origin')
             if not self._host_allowed(location):
                 raise Refused(
                     f'http location host {location.host}:{location.port} is not in '
@@ -160,6 +177,25 @@ class StreamCopyHandler(Handler):
             f'(cluster {cluster.fsid}, {cluster.settings.ceph_conf}), {check}',
             method='copy', plan={'cluster': cluster})
 
+    def _check_cache(self, location: 'cache_tier.CacheLocation') -> None:
+        """The origin a cache would fetch must be one this host may read (the cache
+        must not reach what a direct read may not), and the cache must be healthy."""
+        served = location.served
+        if (location.through_proxy and isinstance(served, HttpLocation)
+                and not self._host_allowed(served)):
+            raise Refused(
+                f'http location host {served.host}:{served.port} is not in '
+                f'[image_handlers] http_location_allowed_hosts, so cache '
+                f'{location.route.name} may not fetch it either')
+        health = self.health.health(location.endpoint_key)
+        if health.failed_recently:
+            raise Refused(
+                f'{"cache" if location.through_proxy else "mirror"} '
+                f'{location.route.name} failed {health.failures}x recently (last '
+                f'{health.last_failure_ago:.0f} s ago): not used until it is healthy '
+                f'again (its failure score halves every location_failure_half_life); '
+                f'the next location is tried')
+
     def _host_allowed(self, location: HttpLocation) -> bool:
         return (location.host in self.allowed_hosts
                 or f'{location.host}:{location.port}' in self.allowed_hosts)
@@ -169,6 +205,14 @@ class StreamCopyHandler(Handler):
         if isinstance(location, RbdLocation):
             source = RbdSource(decision.plan['cluster'], location.pool, location.image,
                                location.snapshot, description=location.display)
+        elif isinstance(location, cache_tier.CacheLocation):
+            glance = isinstance(location.served, GlanceApiLocation)
+            # The cache holds what the origin serves (compressed bytes stay
+            # compressed in it): decoded here as for the location it stands for.
+            source = compression.wrap(copy_engine.HttpSource(
+                location.url, headers=request.glance_auth_headers if glance else None,
+                proxy=location.route.proxy, proxy_gets_auth=location.route.glance),
+                location.served.metadata)
         else:
             headers = (request.glance_auth_headers
                        if isinstance(location, GlanceApiLocation) else None)

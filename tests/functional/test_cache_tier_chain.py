@@ -1,0 +1,146 @@
+"""stream_copy through a cache tier, the whole chain (issue 13): the lab Glance, the
+lab nginx as the image's http location, a real squid as ``[image_handlers]
+http_cache``, and the ``image-handlers`` command.
+
+- a cache route is one more location, ranked first by its weight, chosen per host
+  group, counted once at the origin however many copies go through it;
+- a cache serving a stale object fails the hash, the direct origin is used next,
+  and the cache is then refused with its reason until it is healthy again.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+
+import pytest
+
+from tests.functional.conftest import image_bytes
+from tools.lab.squid import SquidService
+
+
+@pytest.fixture
+def http_image(glance, nginx_lab, tmp_path):
+    """An image whose only location is a file on nginx under a name of its own (the
+    cache is shared by the module's tests: a reused URL would be a cache hit)."""
+    created = []
+
+    def make(data: bytes) -> tuple[str, str]:
+        src = tmp_path / f'cache-tier-{uuid.uuid4().hex}.raw'
+        src.write_bytes(data)
+        url = nginx_lab.publish(src)
+        img = glance.images.create(disk_format='raw', container_format='bare')
+        created.append(img['id'])
+        glance.images.add_location(img['id'], url, {}, validation_data={
+            'os_hash_algo': 'sha512', 'os_hash_value': hashlib.sha512(data).hexdigest(),
+            'checksum': hashlib.md5(data).hexdigest()})
+        return img['id'], url
+
+    yield make
+    for image_id in created:
+        glance.images.delete(image_id)
+
+
+@pytest.fixture(scope='module')
+def squid():
+    svc = SquidService(name='squid-chain', cache_mem_mb=128).start()
+    yield svc
+    svc.stop()
+
+
+def _gets(nginx_lab, url: str) -> int:
+    path = '/' + url.split('/', 3)[3]
+    lines = (nginx_lab.workdir / 'access.log').read_text().splitlines()
+    return sum(f'GET {path} ' in line for line in lines)
+
+
+def _logged(squid, url: str, count: int) -> list[str]:
+    """squid's log lines for ``url``, waiting (bounded) until ``count`` are written."""
+    deadline = time.monotonic() + 15
+    while True:
+        lines = [line for line in squid.log_lines() if url in line]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def _stream_copy(out: dict) -> list[tuple[str, str]]:
+    return [(a['location'], a['outcome']) for a in out['attempts']
+            if a['handler'] == 'stream_copy' and not a['location'].startswith('glance:')]
+
+
+def test_cache_route_per_host_group_is_ranked_first_and_shared(
+        http_image, nova_conf, cli, squid, nginx_lab, tmp_path):
+    data = image_bytes(3 << 20, seed=61)
+    image_id, url = http_image(data)
+    def host_conf(name: str) -> str:
+        """nova.conf of one host of group rack1 (its own state_dir: another host)."""
+        return nova_conf('http_location_allowed_hosts = 127.0.0.1\n'
+                         f'glance_api_weight = -1\nhost = {name}\n'
+                         f'state_dir = {tmp_path / name}\n'
+                         f'http_cache = name=rack1 proxy={squid.proxy_url} hosts=rack1-*\n'
+                         'http_cache = name=rack2 proxy=http://127.0.0.1:9 hosts=rack2-*\n')
+    via = f'{url} via cache rack1 ({squid.proxy_url})'
+
+    plan = cli('explain', image_id, str(tmp_path / 'a'), '--config-file',
+               host_conf('rack1-n1'), '--json')
+    assert plan.rc == 0, plan
+    assert _stream_copy(plan.json) == [(via, 'eligible'), (url, 'eligible')], plan
+    assert 'rack2' not in plan.out          # not this host's group
+
+    for name in ('rack1-n1', 'rack1-n2'):
+        got = cli('fetch', image_id, str(tmp_path / f'{name}.disk'), '--config-file',
+                  host_conf(name), '--json')
+        assert got.rc == 0, got
+        assert got.json['location'] == via, got
+        assert (tmp_path / f'{name}.disk').read_bytes() == data
+    assert _gets(nginx_lab, url) == 1       # the second copy was the cache's
+    served = _logged(squid, url, 2)        # squid logs a request once it has ended
+    assert len(served) == 2 and 'HIER_NONE' in served[1], served
+
+
+def test_direct_no_keeps_the_fleet_off_the_origin(http_image, nova_conf, cli, squid,
+                                                  tmp_path):
+    image_id, url = http_image(image_bytes(1 << 20, seed=62))
+    conf = nova_conf('http_location_allowed_hosts = 127.0.0.1\nglance_api_weight = -1\n'
+                     f'http_cache = name=edge proxy={squid.proxy_url} direct=no\n')
+    plan = cli('explain', image_id, str(tmp_path / 'a'), '--config-file', conf, '--json')
+    assert plan.rc == 0, plan
+    direct = [a for a in plan.json['attempts'] if a['location'] == url]
+    assert direct and direct[0]['outcome'] == 'skipped'
+    assert 'route edge says direct=no' in direct[0]['reason']
+
+
+def test_stale_cache_fails_the_hash_origin_next_then_cache_refused(
+        http_image, nova_conf, cli, squid, nginx_lab, tmp_path):
+    """squid holds an older object at the image's URL (it keeps objects fresh for an
+    hour): the copy through it fails the sha512, the direct origin serves the right
+    bytes, and explain then refuses the cache while it is unhealthy."""
+    new, old = image_bytes(2 << 20, seed=63), image_bytes(2 << 20, seed=64)
+    image_id, url = http_image(new)
+    served = nginx_lab.docroot / url.rsplit('/', 1)[1]
+    keep = served.with_name(served.name + '.new')
+    os.replace(served, keep)
+    served.write_bytes(old)
+    assert squid.get(url)[1] == old          # the cache holds the old object
+    os.replace(keep, served)
+    conf = nova_conf('http_location_allowed_hosts = 127.0.0.1\nglance_api_weight = -1\n'
+                     f'http_cache = name=edge proxy={squid.proxy_url}\n')
+    via = f'{url} via cache edge ({squid.proxy_url})'
+
+    got = cli('fetch', image_id, str(tmp_path / 'd'), '--config-file', conf, '--json')
+    assert got.rc == 0, got
+    assert _stream_copy(got.json)[:2] == [(via, 'failed'), (url, 'used')], got
+    failed = [a for a in got.json['attempts'] if a['location'] == via][0]
+    assert 'ChecksumMismatch' in failed['reason']
+    assert (tmp_path / 'd').read_bytes() == new
+    assert not any(n.startswith('.d') for n in os.listdir(tmp_path))  # no partial
+
+    plan = cli('explain', image_id, str(tmp_path / 'e'), '--config-file', conf, '--json')
+    assert plan.rc == 0, plan
+    cache = [a for a in plan.json['attempts'] if a['location'] == via][0]
+    assert cache['outcome'] == 'skipped'
+    assert 'cache edge failed 1x recently' in cache['reason']
+    assert 'not used until it is healthy again' in cache['reason']
+    assert plan.json['location'] == url
