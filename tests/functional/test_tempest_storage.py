@@ -152,3 +152,76 @@ def test_logged_path_reads_the_chains_reasons(make_image, tmp_path, conf_for, ca
     assert path.provided_by == ['stream_copy'] and path.full_copy
     other = storage.logged_path(caplog.text, str(uuid.uuid4()))
     assert other.lines == [] and not other.full_copy
+
+
+UPLOAD_SCRIPT = '''
+import json, sys
+from tempest.lib import auth
+from tempest.lib.services.image.v2 import images_client
+from image_handlers.tempest_plugin import images
+auth_url, raw, member_pw, admin_pw, *stores = sys.argv[1:]
+
+def client(user, project, password):
+    creds = auth.get_credentials(auth_url, identity_version='v3', username=user,
+                                 password=password, project_name=project,
+                                 user_domain_name='Default',
+                                 project_domain_name='Default')
+    return images_client.ImagesClient(auth.KeystoneV3AuthProvider(creds, auth_url),
+                                      'image', 'RegionOne')
+
+member, admin = client('alice', 'alpha', member_pw), client('admin', 'admin', admin_pw)
+results = []
+for store in stores:
+    created, out = [], {}
+    try:
+        out['record'] = images.upload_raw(member, admin, raw, store, 'ih-tempest-upload',
+                                          on_created=created.append)
+    except Exception as exc:
+        out['error'] = f'{type(exc).__name__}: {exc}'
+    finally:
+        for image_id in created:
+            admin.delete_image(image_id)
+            admin.wait_for_resource_deletion(image_id)
+        out['created'] = created
+    results.append(out)
+print(json.dumps(results))
+'''
+
+VENV_TEMPEST = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), '.lab', 'venv-tempest', 'bin', 'python')
+
+
+def _tempest_uploads(keystone_lab, raw: str, *stores: str) -> list[dict]:
+    """Each store's upload by tempest's client in .lab/venv-tempest (one process)."""
+    import json
+    import subprocess
+    from tools.lab.keystone import password_of
+    proc = subprocess.run([VENV_TEMPEST, '-c', UPLOAD_SCRIPT, keystone_lab.auth_url, raw,
+                           password_of('alice'), password_of('admin'), *stores],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_scenario_upload_with_tempests_client_into_each_store(
+        keystone_lab, glance_lab, ceph_lab, xfs_lab, tmp_path):
+    """The scenarios' upload (images.upload_raw) with tempest 47's own image
+    client, as a member, through the lab's Keystone and Glance 33: into the rbd
+    store and a file store on XFS, with the locations the checks read; an unknown
+    store is an error and the image is deleted anyway."""
+    raw = tmp_path / 'tiny.raw'
+    raw.write_bytes(image_bytes(2 * MiB, seed=94))
+    rbd_out, fs_out, bad = _tempest_uploads(keystone_lab, str(raw), 'ceph', 'xfs',
+                                            'no-such-store')
+    record = rbd_out['record']
+    assert record['stores'] == 'ceph' and record['size'] == 2 * MiB
+    spec = storage.parse_rbd_url(storage.location_of(record, 'rbd'))
+    assert (spec.fsid, spec.pool, spec.image, spec.snapshot) == \
+        (ceph_lab.fsid, 'images', record['id'], 'snap')
+
+    path = storage.location_of(fs_out['record'], 'file')[len('file://'):]
+    assert path.startswith(str(xfs_lab.mountpoint)) and path.endswith(fs_out['record']['id'])
+    assert not os.path.exists(path)             # deleted after the upload
+
+    assert 'record' not in bad and 'no-such-store' in bad['error'], bad
+    assert len(bad['created']) == 1             # made, then deleted

@@ -11,7 +11,6 @@ option to set.
 """
 from __future__ import annotations
 
-import functools
 import os
 from urllib.parse import unquote, urlsplit
 
@@ -23,11 +22,10 @@ from tempest.lib.common.utils import test_utils
 from tempest.lib import decorators
 from tempest.scenario import manager
 
-from image_handlers.tempest_plugin import storage
+from image_handlers.tempest_plugin import images, storage
 
 CONF = config.CONF
 LOG = logging.getLogger(__name__)
-CHUNK = 1024 * 1024
 
 
 class BootPathBase(manager.ScenarioTest):
@@ -75,29 +73,16 @@ class BootPathBase(manager.ScenarioTest):
 
     def _upload(self, store: str) -> dict:
         """A private RAW image with the file's bytes, in Glance store ``store``
-        (multi-store ``X-Image-Meta-Store``); '' lets Glance choose."""
+        (multi-store ``X-Image-Meta-Store``; '' lets Glance choose); the admin's
+        view of its record. Deleted after the test."""
         name = data_utils.rand_name(prefix=CONF.resource_name_prefix,
                                     name=f'{self.__class__.__name__}-{store or "default"}')
-        image = self.image_client.create_image(
-            name=name, container_format='bare', disk_format='raw',
-            visibility='private')
-        self.addCleanup(test_utils.call_and_ignore_notfound_exc,
-                        self.admin_image_client.delete_image, image['id'])
-        headers = {'Content-Type': 'application/octet-stream'}
-        if store:
-            headers['X-Image-Meta-Store'] = store
-        with open(CONF.image_handlers.raw_image_file, 'rb') as f:
-            body = iter(functools.partial(f.read, CHUNK), b'')
-            resp, _ = self.image_client.request('PUT', f'images/{image["id"]}/file',
-                                                headers=headers, body=body,
-                                                chunked=True)
-        self.image_client.expected_success(204, resp.status)
-        record = self.admin_image_client.show_image(image['id'])
-        self.assertEqual('active', record['status'])
-        if store:
-            self.assertIn(store, (record.get('stores') or '').split(','),
-                          f'image {image["id"]} is not in store {store}')
-        return record
+        return images.upload_raw(
+            self.image_client, self.admin_image_client,
+            CONF.image_handlers.raw_image_file, store, name,
+            on_created=lambda image_id: self.addCleanup(
+                test_utils.call_and_ignore_notfound_exc,
+                self.admin_image_client.delete_image, image_id))
 
     def _boot(self, image_id: str) -> dict:
         """A server from the image, ACTIVE within boot_timeout, deleted after."""
