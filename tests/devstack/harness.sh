@@ -141,8 +141,11 @@ function load_plugin_settings {
 }
 
 function run_plugins {
-    # shellcheck source=devstack/plugin.sh
-    source "$DEST/image_handlers/devstack/plugin.sh" "$1" "$2"
+    local mode=$1
+    local phase=$2
+    # Unquoted as in devstack's run_plugins: no phase means no $2 at all.
+    # shellcheck source=devstack/plugin.sh disable=SC2086
+    source "$DEST/image_handlers/devstack/plugin.sh" $mode $phase
 }
 
 load_plugin_settings
