@@ -79,6 +79,12 @@ PLACEMENT_USER, PLACEMENT_PASSWORD = "placement", "lab-secret-placement"
 IMAGES_TYPES = ("rbd", "qcow2")
 COMPUTE_API_VERSION = "2.37"    # networks 'none' needs >= 2.37
 PART_START_TIMEOUT = 180.0
+# The compute's chain per images_type ([image_handlers] images_type_handlers).
+COMPUTE_HANDLERS = {"rbd": ("rbd_clone", "stream_copy"),
+                    "qcow2": ("shared_fs", "stream_copy")}
+# Sparse: only what is written costs. Nova reports it as the host's DISK_GB for qcow2
+# disks (the 1 GiB flavor needs >= 1 GiB free); mkfs writes ~70 MiB.
+XFS_SIZE_MIB = 4096
 
 
 def _conf_text(sections: dict[str, dict[str, Any]], header: str) -> str:
@@ -119,7 +125,7 @@ class CloudService(LabService):
         rd = self.run_dir
         self.ceph = CephService(name=p + "ceph", run_dir=rd)
         self.ceph_mgr = CephMgrService(self.ceph, name=p + "ceph-mgr", run_dir=rd)
-        self.xfs = LoopFsService("xfs", name=p + "xfs", size_mib=512, run_dir=rd)
+        self.xfs = LoopFsService("xfs", name=p + "xfs", size_mib=XFS_SIZE_MIB, run_dir=rd)
         self.keystone = KeystoneService(name=p + "keystone", run_dir=rd)
         self.rabbit = RabbitMQService(name=p + "rabbitmq", run_dir=rd)
         self.libvirt = LibvirtService(name=p + "libvirt", run_dir=rd)
@@ -271,14 +277,24 @@ class CloudService(LabService):
         self.save_state()
 
     def release(self) -> None:
-        """Stop every part (reverse order), then what the cloud dir holds."""
-        problems = []
-        for svc in reversed(self.parts()):
+        """Stop every part, in tiers (each tier at once): Nova's services, then the
+        services they use, then Ceph and the mount (libvirtd must be gone first)."""
+        parts = self.parts()
+        nova = list(self._nova.values())
+        last = [self.ceph, self.xfs]
+        tiers = [nova, [s for s in parts if s not in nova and s not in last], last]
+        problems: list[str] = []
+
+        def stop(svc: LabService) -> None:
             self._keep_logs(svc)
             try:
                 svc.stop()
             except ServiceError as exc:
                 problems.append(str(exc))
+
+        for tier in tiers:
+            with ThreadPoolExecutor(max(1, len(tier))) as pool:
+                list(pool.map(stop, tier))
         super().release()
         if problems:
             raise ServiceError("; ".join(problems))
@@ -368,8 +384,8 @@ class CloudService(LabService):
             "image_handlers": {
                 "nova_integration": True, "host": HOST,
                 "state_dir": self.workdir / "image-handlers-state",
-                "images_type_handlers": "rbd:rbd_clone+stream_copy,"
-                                        "qcow2:shared_fs+stream_copy",
+                "images_type_handlers": ",".join(
+                    f"{t}:{'+'.join(h)}" for t, h in COMPUTE_HANDLERS.items()),
                 "shared_fs_mounts": {FS_ID: self.xfs.mountpoint},
             },
         }
@@ -563,7 +579,8 @@ class CloudService(LabService):
             "compute": {"flavor_ref": FLAVOR_ID, "flavor_ref_alt": FLAVOR_ID,
                         "region": REGION, "endpoint_type": "publicURL",
                         "build_timeout": 300, "fixed_network_name": "",
-                        "min_compute_nodes": 1, "min_microversion": COMPUTE_API_VERSION},
+                        "min_compute_nodes": 1, "min_microversion": COMPUTE_API_VERSION,
+                        "max_microversion": "latest"},
             "compute-feature-enabled": {"console_output": True,
                                         "disk_config": False},
             "image": {"region": REGION, "endpoint_type": "publicURL",
@@ -571,9 +588,12 @@ class CloudService(LabService):
             "image-feature-enabled": {"import_image": True},
             "validation": {"run_validation": False, "connect_method": "fixed"},
             "image_handlers": {
-                "enabled_handlers": "rbd_clone,shared_fs,stream_copy",
+                # What the compute's chain runs for its images_type (COMPUTE_HANDLERS).
+                "enabled_handlers": COMPUTE_HANDLERS[self.state.get("images_type", "rbd")],
                 "rbd_store": "ceph" if rbd else "",
                 "shared_fs_store": "" if rbd else "xfs",
+                # Glance's local store: off the shared mount, not in Ceph.
+                "fallback_store": "fs",
                 "ceph_conf": self.ceph.conf_path, "ceph_user": "admin",
                 "ceph_keyring": self.ceph.keyring_path,
                 "rbd_instances_pool": "vms",

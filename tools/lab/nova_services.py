@@ -91,7 +91,8 @@ class NovaDaemon(LabService):
     """nova-conductor / nova-scheduler / nova-compute in the foreground."""
 
     start_timeout: ClassVar[float] = 120.0
-    stop_timeout: ClassVar[float] = 10.0
+    # stop() removes the service's dir anyway: no graceful drain (SIGKILL after 2 s).
+    stop_timeout: ClassVar[float] = 2.0
 
     def __init__(self, binary: str, config_files: list[Path], cell_db: Path, host: str,
                  *, run_dir: Path | None = None, name: str | None = None) -> None:
