@@ -336,6 +336,24 @@ def test_unstack_keeps_changes_made_after_ours(tmp_path):
     assert ds.glance_conf.read_bytes() == ds.before['etc/glance/glance-api.conf']
 
 
+def test_restack_after_devstack_rewrote_the_files(tmp_path):
+    """stack twice without unstack, devstack having written nova.conf anew in
+    between (its create_nova_conf does): unstack gives back the new file, not
+    the first stack's."""
+    ds = FakeDevstack(tmp_path, ceph=True)
+    ds.stack()
+    rewritten = ds.before['etc/nova/nova.conf'].decode().replace(
+        'debug = True', 'debug = False')
+    ds.nova_conf.write_text(rewritten)
+    ds.stack()
+    assert section(ds.ini(ds.nova_conf), 'image_handlers')['handlers'] == \
+        'rbd_clone,stream_copy'
+    proc = ds.run('unstack')
+    assert 'was changed after' not in proc.stdout
+    assert ds.nova_conf.read_text() == rewritten
+    assert ds.glance_conf.read_bytes() == ds.before['etc/glance/glance-api.conf']
+
+
 def test_shellcheck_clean():
     """shellcheck (Debian's, installed by tools/install-deps.sh) on the plugin's
     files and the harness, following their sourced files."""
