@@ -264,9 +264,11 @@ class CountingRelay(FaultProxy):
         super()._relay(client)
 
 
-def many_images_under_limit(lab: Lab, images: int, size: int, limit: int) -> dict:
-    """I images at once, half from threads of this process and half from
-    ``image-handlers`` processes, one state_dir, ``bandwidth_limit = limit``."""
+def many_images_under_limit(lab: Lab, images: int, size: int, limit: int,
+                            in_processes: int | None = None) -> dict:
+    """I images at once, half (or ``in_processes``) from ``image-handlers``
+    processes and the rest from threads of this process, one state_dir,
+    ``bandwidth_limit = limit``."""
     relay = CountingRelay(lab.nginx.base_url).start()
     try:
         made = [lab.http_image(image_data(size, seed=100 + i),
@@ -277,7 +279,7 @@ def many_images_under_limit(lab: Lab, images: int, size: int, limit: int) -> dic
         disks = os.path.join(lab.work, f'limit-{uuid.uuid4().hex[:6]}')
         os.mkdir(disks)
         chain = HandlerChain(api.make_conf([conf]))
-        in_procs = images // 2
+        in_procs = images // 2 if in_processes is None else in_processes
         relay.reset()
         t0 = time.monotonic()
         procs = [cli_fetch(conf, made[i][0], os.path.join(disks, f'disk-{i}'))
