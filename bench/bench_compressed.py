@@ -133,6 +133,8 @@ def main() -> int:
                              'fresh one, removed at the end)')
     parser.add_argument('--no-frame-table', action='store_true',
                         help='skip the ratio-by-frame-size table')
+    parser.add_argument('--no-warmup', action='store_true',
+                        help='no discarded warm-up round (the smoke test)')
     args = parser.parse_args()
     own_dir = args.run_dir is None
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix='bench-compressed-'))
@@ -162,16 +164,18 @@ def main() -> int:
         def run(label: str, argv, shell: bool = False) -> None:
             if os.path.exists(dst):
                 os.unlink(dst)
-            prime_memory(size + 256 * MiB)
+            prime_memory(size + min(size, 256 * MiB))
             wall, cpu, _ = timed(argv, shell=shell)
             samples.setdefault(label, []).append((size / wall, cpu / (size / GiB)))
             if os.path.exists(dst):
                 os.unlink(dst)
 
-        for round_no in range(args.rounds + 1):
-            if round_no == 1:
+        warmup = 0 if args.no_warmup else 1
+        for round_no in range(args.rounds + warmup):
+            if warmup and round_no == 1:
                 samples.clear()     # round 0 warms up
-            samples.setdefault('hashlib', []).append((hashlib_speed(256 * MiB), 0.0))
+            samples.setdefault('hashlib', []).append(
+                (hashlib_speed(min(256 * MiB, max(size, 64 * MiB))), 0.0))
             for kind in ('plain', 'zstd', 'gzip'):
                 before = nginx_bytes_sent(nginx, names[kind])
                 run(kind, [PY, '-c', COPY, urls[kind], dst, f'sha512:{digest}', kind])
@@ -196,15 +200,6 @@ def main() -> int:
         resumed_at = [int(r.split('=')[1].split('-')[0]) for r in proxy.resume_ranges
                       if r.startswith('bytes=')]
         twice = proxy.body_before_cut - resumed_at[0] if resumed_at else None
-
-        ratio_rows = []
-        if not args.no_frame_table:
-            for frame in (1, 4, 8, 16, 0):
-                out = work / f'ratio-{frame}.zst'
-                compress_image.compress(str(image), str(out), 'zstd',
-                                        frame * MiB if frame else size + 1)
-                ratio_rows.append((frame, out.stat().st_size))
-                out.unlink()
 
         print(f'\ncompressed copy benchmark: {args.size_mib} MiB raw ext4 holding '
               f'{used / MiB:.0f} MiB of real files (virtualenv, stdlib, /usr/lib), '
@@ -243,11 +238,22 @@ def main() -> int:
                   f'{"MET" if 0 <= twice <= max(frames) else "MISSED"}; copy: bytes '
                   f'written, retries, resumed_from, compressed bytes read = '
                   f'{proc.stdout.strip()}')
+        sys.stdout.flush()
+        ratio_rows = []
+        if not args.no_frame_table:
+            for frame in (1, 4, 8, 16, 0):
+                out = work / f'ratio-{frame}.zst'
+                compress_image.compress(str(image), str(out), 'zstd',
+                                        frame * MiB if frame else min(size, GiB))
+                ratio_rows.append((frame, out.stat().st_size))
+                out.unlink()
+
         if ratio_rows:
             print('\nzstd level 3 ratio by frame size (what resumability costs):')
             single = ratio_rows[-1][1]
             for frame, n in ratio_rows:
-                what = f'{frame} MiB frames' if frame else 'one frame'
+                what = (f'{frame} MiB frames' if frame else 'one frame' if size <= GiB
+                        else '1 GiB frames')       # pyzstd's largest frame
                 print(f'  {what:<16}{n:>14} bytes  ratio {size / n:6.2f}  '
                       f'{n / single:.3f} x one frame')
     finally:

@@ -68,6 +68,10 @@ _NONE = frozenset({'', 'none', 'identity'})
 
 READ_SIZE = 256 << 10       # compressed bytes per read from the inner stream
 SKIP_STEP = 1 << 20         # decompressed bytes discarded per step when resuming
+# Decompressed bytes per decode call: each is a new bytes object copied into the
+# engine's buffer; small ones stay in the CPU caches (measured once: 0.45 s
+# against 0.57 s of user CPU per 256 MiB of libraries, 256 KiB vs 8 MiB calls).
+DECODE_STEP = 256 << 10
 _GZIP_WBITS = 16 + 15       # gzip header and trailer, 32 KiB window
 
 _ZSTD_MAGIC = b'\x28\xb5\x2f\xfd'
@@ -352,7 +356,8 @@ class _DecompressingStream:
 
     def readinto(self, buf: memoryview) -> int:
         while True:
-            limit = min(self._skip, SKIP_STEP) if self._skip else len(buf)
+            limit = min(self._skip, SKIP_STEP) if self._skip else min(len(buf),
+                                                                      DECODE_STEP)
             if not limit:
                 return 0
             if self._decoder.eof:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 def test_bench_compressed_runs_at_a_tiny_size_and_cleans_up(tmp_path):
     proc = subprocess.run(
         [sys.executable, '-m', 'bench.bench_compressed', '--size-mib', '32',
-         '--rounds', '1', '--frame-mib', '1', '--no-frame-table',
+         '--rounds', '1', '--no-warmup', '--frame-mib', '1', '--no-frame-table',
          '--run-dir', str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=180)
     out = proc.stdout
