@@ -17,6 +17,7 @@ from functools import partial
 
 from .barbican import BarbicanService
 from .ceph import CephService
+from .cloud import CloudService
 from .glance import GlanceService
 from .gluster import GlusterService
 from .keystone import KeystoneService, nova_conf_keystone, nova_conf_keystone_dict
@@ -43,6 +44,8 @@ SERVICES: dict[str, Callable[[], LabService]] = {
     "nginx": NginxService,
     "tgt": TgtService,
     "libvirt": LibvirtService,
+    # The small cloud (Keystone ... nova-compute) of its own cloud-* services.
+    "cloud": CloudService,
 }
 
 __all__ = ["BarbicanService", "CephService", "GlanceService", "GlusterService",

@@ -11,9 +11,10 @@ image_handlers installed: tools/install-deps.sh), as devstack runs them:
   selects Nova's venv), so Nova's venv needs no uWSGI of its own.
 * ``NovaDaemon``: nova-conductor, nova-scheduler, nova-compute, each
   ``nova-<name> --config-file ...`` in the foreground, its log in its work dir.
-  Healthy when its row is in the services table of the cell database (written
-  by the service as it starts, before it consumes from RabbitMQ: messages sent
-  before that wait in their queue); nova-compute when its compute node row is
+  Healthy once it reported its state itself (the report_count of its row in the
+  cell database's services table went up since the spawn: the first report comes
+  after its RPC servers and start hooks ran; a row left by an earlier process of a
+  restarted service does not count); nova-compute when its compute node row is
   there too (the resource tracker ran, so discover_hosts can map it).
 
 Stdlib only at import time (sqlite3 reads the cell database).
@@ -106,8 +107,28 @@ class NovaDaemon(LabService):
         exe = NOVA_VENV / "bin" / self.binary
         if not exe.exists():
             raise ServiceError(f"{self.name}: {exe} missing: run tools/install-deps.sh")
-        self.state.update(binary=self.binary, host=self.host)
+        # Its services row outlives a restart: the new process is up only once it
+        # reported its state itself (report_count past this; the first report comes
+        # ~5 s after its RPC servers and start hooks ran).
+        self.state.update(binary=self.binary, host=self.host,
+                          report_count_before=self._report_count() or 0)
         self.save_state()
+
+    def _report_count(self) -> int | None:
+        """The services row's report_count, or None (no row, no database yet)."""
+        try:
+            db = sqlite3.connect(f"file:{self.cell_db}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error:
+            return None
+        try:
+            row = db.execute("SELECT report_count FROM services WHERE host = ? AND "
+                             "binary = ? AND deleted = 0", (self.host, self.binary)
+                             ).fetchone()
+            return None if row is None else int(row[0])
+        except sqlite3.Error:
+            return None
+        finally:
+            db.close()
 
     def command(self) -> list[str]:
         argv = [str(NOVA_VENV / "bin" / self.binary)]
@@ -124,18 +145,18 @@ class NovaDaemon(LabService):
         return {"PYTHONDONTWRITEBYTECODE": "1"}
 
     def is_healthy(self) -> bool:
+        count = self._report_count()
+        if count is None or count <= int(self.state.get("report_count_before", 0)):
+            return False
+        if self.binary != "nova-compute":
+            return True
         try:
             db = sqlite3.connect(f"file:{self.cell_db}?mode=ro", uri=True, timeout=5)
         except sqlite3.Error:
             return False
         try:
-            rows = db.execute("SELECT id FROM services WHERE host = ? AND binary = ? "
-                              "AND deleted = 0", (self.host, self.binary)).fetchall()
-            if not rows or self.binary != "nova-compute":
-                return bool(rows)
-            nodes = db.execute("SELECT id FROM compute_nodes WHERE host = ? "
-                               "AND deleted = 0", (self.host,)).fetchall()
-            return bool(nodes)
+            return bool(db.execute("SELECT id FROM compute_nodes WHERE host = ? AND "
+                                   "deleted = 0", (self.host,)).fetchall())
         except sqlite3.Error:
             return False
         finally:
