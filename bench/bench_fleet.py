@@ -307,7 +307,7 @@ def fmt_run(r: dict) -> str:
     tree = '1 tier' if lay['tiers'] == 1 else f"2 tiers ({lay['edges']} edges)"
     tree = f"{tree}, {r.get('label', 'random')}"
     ph = r['per_host_s']
-    ideal = r['size'] / (lay['host_mbit'] * 1e6 / 8)
+    ideal = r['served_size'] / (lay['host_mbit'] * 1e6 / 8)   # the bytes on the wire
     spread = (f"{ph[0]:6.2f} {statistics.median(ph):6.2f} {ph[-1]:6.2f}"
               if ph else '     -      -      -')
     squid = sum(v for k, v in r['service_cpu_s'].items() if 'squid' in k or 'fleet-t' in k
@@ -403,7 +403,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cal['cache_cpu_s_per_GiB'] or 0:.2f} CPU s/GiB, hosts "
                   f"{cal['host_cpu_s_per_GiB'] or 0:.2f} CPU s/GiB incl. sha512); cold "
                   f"fetch through it {cal['cold_fill_s']:.2f} s")
-        shaped = [r for r in out['runs'] if r['per_host_s'] and not r.get('codec')]
+        # Link efficiency from a small uncompressed run only: with many hosts the
+        # caches and this machine's CPU pace them, not their links.
+        shaped = [r for r in out['runs'] if r['per_host_s'] and not r.get('codec')
+                  and r['layout']['hosts'] <= CALIBRATION_HOSTS]
+        if not shaped:
+            print(f'link efficiency: not measured (no uncompressed run with at most '
+                  f'{CALIBRATION_HOSTS} hosts)')
         if shaped:
             r0 = min(shaped, key=lambda r: r['layout']['hosts'])
             rate = statistics.median(r0['size'] / s for s in r0['per_host_s'])

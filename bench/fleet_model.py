@@ -45,6 +45,7 @@ class Calibration:
     cache_core_MiBps: float | None = None   # 1 / squid CPU seconds per MiB served
     compression_ratio: float | None = None  # the real image's zstd ratio
     decode_MiBps: float | None = None       # a host's zstd decode + sha512, per core
+    host_MiBps: float | None = None         # a host's copy + sha512 (uncompressed), per core
     source: str = ''
 
     @classmethod
@@ -67,6 +68,8 @@ class Calibration:
                    cache_core_MiBps=1024 / cpu if cpu else None,
                    compression_ratio=out.get('compression_ratio') if zstd else None,
                    decode_MiBps=decode,
+                   host_MiBps=(1024 / out['calibration']['host_cpu_s_per_GiB']
+                               if out['calibration'].get('host_cpu_s_per_GiB') else None),
                    source=f"bench_fleet run, {len(out['runs'])} fleet runs")
 
 
@@ -110,7 +113,9 @@ def predict(image_bytes: float, hosts: int, link_gbit: float, tree: Tree,
         (f'level-{i + 1} caches ({n} clients each)', cache / n * compression_ratio)
         for i, n in enumerate(tree.clients(hosts))]
     if compression_ratio > 1 and cal.decode_MiBps:
-        levels.append(('host decompression', cal.decode_MiBps * MiB))
+        levels.append(('host decompression + sha512', cal.decode_MiBps * MiB))
+    elif compression_ratio == 1 and cal.host_MiBps:
+        levels.append(('host copy + sha512', cal.host_MiBps * MiB))
     name, rate = min(levels, key=lambda kv: kv[1])
     return Prediction(wall_s=image_bytes / rate + cal.fixed_s * len(tree.caches),
                       per_host_MiBps=rate / MiB, bottleneck=name)
@@ -158,6 +163,8 @@ def report(cal: Calibration, out=sys.stdout) -> None:
           f"one squid serves {cal.cache_MiBps:.0f} MiB/s on this machine"
           + (f" ({cal.cache_core_MiBps:.0f} MiB/s per core by its CPU cost)"
              if cal.cache_core_MiBps else '')
+          + (f", a host copies + hashes {cal.host_MiBps:.0f} MiB/s per core"
+             if cal.host_MiBps else '')
           + f", fixed {cal.fixed_s:.2f} s per tier"
           + (f", RBD clone {cal.rbd_clone_ms:.1f} ms" if cal.rbd_clone_ms else '')
           + '; assumed: caches on 10 Gbit/s links, one squid process per cache',
