@@ -190,7 +190,7 @@ def cache_locations(routes: list[CacheRoute], host: str,
                     continue
             elif not isinstance(loc, HttpLocation) or not route.matches(loc.url):
                 continue
-            if route.proxy and loc.tls:
+            if route.proxy and loc.url.lower().startswith('https:'):
                 continue        # a cache cannot read inside TLS (HttpSource says so)
             url = loc.url if route.proxy else route.mirrored_url(loc.url)
             weight = route.weight if route.weight is not None else loc.weight_for(host) + 1

@@ -144,3 +144,39 @@ def test_stale_cache_fails_the_hash_origin_next_then_cache_refused(
     assert 'cache edge failed 1x recently' in cache['reason']
     assert 'not used until it is healthy again' in cache['reason']
     assert plan.json['location'] == url
+
+
+def test_glance_data_api_behind_the_cache_only_with_glance_yes(
+        make_image, nova_conf, cli, squid, tmp_path):
+    """glance=yes: Glance's image data API through the cache, the token sent to it
+    (kept out of its key: a second host's request, with its own token, is a hit),
+    and the reason it is not the default: the cache then serves those bytes to a
+    request without any token. Without glance=yes no Glance request goes to a
+    cache."""
+    data = image_bytes(2 << 20, seed=65)
+    image_id = make_image(data)
+
+    def host_conf(name: str, glance: str) -> str:
+        return nova_conf(f'host = {name}\nstate_dir = {tmp_path / name}\n'
+                         f'http_cache = name=edge proxy={squid.proxy_url} {glance}\n')
+
+    plain = cli('explain', image_id, str(tmp_path / 'x'), '--config-file',
+                host_conf('n0', ''), '--json')
+    assert plain.rc == 0, plain
+    assert not any('via cache' in (a['location'] or '') for a in plain.json['attempts'])
+
+    for name in ('n1', 'n2'):
+        got = cli('fetch', image_id, str(tmp_path / f'{name}.disk'), '--config-file',
+                  host_conf(name, 'glance=yes'), '--json')
+        assert got.rc == 0, got
+        assert got.json['location'].startswith(f'glance:{image_id}'), got
+        assert 'via cache edge' in got.json['location'], got
+        assert (tmp_path / f'{name}.disk').read_bytes() == data
+    served = _logged(squid, f'/v2/images/{image_id}/file', 2)
+    assert len(served) == 2, served
+    assert 'HIER_DIRECT' in served[0] and 'HIER_NONE' in served[1], served
+    # Why it is off by default: the cached object now answers anyone asking the cache
+    # for the URL, with no token at all.
+    url = served[0].split(' GET ', 1)[1].split()[0]
+    status, body, _ = squid.get(url)
+    assert (status, body) == (200, data)
