@@ -80,6 +80,7 @@ class RbdSource:
             raise exceptions.SourceError(f'rbd: {where} vanished: {exc}') from exc
         except rbd.Error as exc:
             stack.close()
+            self.cluster.note_error(exc)
             raise TransientSourceError(f'rbd: opening {where} failed: {exc}') from exc
         except BaseException:
             stack.close()
@@ -161,6 +162,7 @@ class RbdStream:
         try:
             data = self._img.read(pos, length)
         except rbd.Error as exc:
+            self._source.cluster.note_error(exc)
             raise TransientSourceError(
                 f'rbd: reading {self._source.description} at byte {pos} failed: '
                 f'{exc}') from exc

@@ -17,12 +17,17 @@ clones stay O(1) and a snapshot made again under the same name is read again.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import time
 
 from oslo_config import cfg
 from oslo_log import log as logging
 
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
+from image_handlers.copy import locking
+from image_handlers.copy.cancel import CancelToken
 from image_handlers.handlers.base import Decision, Handler, Refused, Request
 from image_handlers.locations import Location, RbdLocation
 from image_handlers.rbd import claims
@@ -37,6 +42,17 @@ LOG = logging.getLogger(__name__)
 
 RAW_FORMATS = ('raw',)
 VERIFY_BUFFER = 8 << 20
+PARTIAL_SUFFIX = '.image_handlers-partial'
+STALE_WATCH_GRACE = 35.0    # Ceph's osd_client_watch_timeout (30 s), and a margin
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return abs(getattr(exc, 'errno', None) or 0) == errno.ETIMEDOUT
+
+
+def partial_name(name: str) -> str:
+    """Where a clone is made before it is published under ``name``."""
+    return name + PARTIAL_SUFFIX
 
 clone_opts = (
     cfg.StrOpt('rbd_target_pool',
@@ -182,36 +198,18 @@ class RbdCloneHandler(Handler):
     # -- act ------------------------------------------------------------------------
 
     def act(self, request: Request, location: Location, decision: Decision) -> Provided:
-        rbd = rbd_cluster.rbd
         target: RbdTarget = request.target
         cluster = rbd_cluster.get_cluster(self.settings)
         plan = decision.plan
         if plan['verify']:
             self._verify_snapshot(request, location, cluster, plan['identity'])
-        with cluster.ioctx(location.pool) as p_ioctx, \
+        lock = locking.lock_path(os.path.join(self.conf[ih_conf.GROUP].state_dir,
+                                              'locks'),
+                                 f'rbd-{target.pool}-{target.name}')
+        with locking.image_lock(lock, CancelToken(), f'clone into {target.display}'), \
+                cluster.ioctx(location.pool) as p_ioctx, \
                 cluster.ioctx(target.pool) as c_ioctx:
-            try:
-                rbd.RBD().clone(p_ioctx, location.image, location.snapshot,
-                                c_ioctx, target.name)
-            except rbd.ImageExists:
-                raise exceptions.TargetExists(
-                    f'target {target.display} appeared before the clone; left as it is')
-            except rbd.ImageNotFound as exc:
-                raise exceptions.SourceError(
-                    f'rbd: {location.display} vanished before the clone (image deleted '
-                    f'since the decision?): {exc}')
-            grow = request.size is not None and request.size > plan['snap_size']
-            try:
-                if grow or plan['flatten']:  # opening the clone costs ~6 ms: only then
-                    with contextlib.closing(rbd.Image(c_ioctx, target.name)) as clone:
-                        if grow:
-                            clone.resize(request.size)
-                        if plan['flatten']:
-                            clone.flatten()
-            except BaseException:
-                LOG.warning('removing the clone %s after a failure', target.display)
-                rbd.RBD().remove(c_ioctx, target.name)  # we created it: ours to remove
-                raise
+            self._clone(request, location, plan, c_ioctx, p_ioctx, cluster)
         parent = f'{location.pool}/{location.image}@{location.snapshot}'
         depends = None if plan['flatten'] else Dependency(
             RBD_PARENT, f'{parent} (cluster {cluster.fsid})',
@@ -226,6 +224,95 @@ class RbdCloneHandler(Handler):
                         details={'parent': parent, 'fsid': cluster.fsid,
                                  'flattened': plan['flatten'],
                                  'clone_depth': plan['depth']})
+
+    def _clone(self, request: Request, location: RbdLocation, plan: dict,
+               c_ioctx, p_ioctx, cluster: rbd_cluster.Cluster) -> None:
+        """Clone (resize, flatten) under a partial name, then publish it by rename:
+        an OSD or monitor lost half way leaves no disk at the target's name, only
+        the partial, which this (or the next) request for the target removes."""
+        rbd = rbd_cluster.rbd
+        target: RbdTarget = request.target
+        partial = partial_name(target.name)
+        where = f'{target.pool}/{partial}'
+        step = 'removing an earlier partial clone'
+        try:
+            self._remove_stale(c_ioctx, where, partial)
+            step = 'clone'
+            try:
+                rbd.RBD().clone(p_ioctx, location.image, location.snapshot,
+                                c_ioctx, partial)
+            except rbd.ImageNotFound as exc:
+                raise exceptions.SourceError(
+                    f'rbd: {location.display} vanished before the clone (image '
+                    f'deleted since the decision?): {exc}') from exc
+            grow = request.size is not None and request.size > plan['snap_size']
+            if grow or plan['flatten']:  # opening the clone costs ~6 ms: only then
+                step = 'flatten' if plan['flatten'] else 'resize'
+                with contextlib.closing(rbd.Image(c_ioctx, partial)) as clone:
+                    if grow:
+                        clone.resize(request.size)
+                    if plan['flatten']:
+                        clone.flatten()
+            step = 'publishing (rename)'
+            try:
+                rbd.RBD().rename(c_ioctx, partial, target.name)
+            except rbd.ImageExists:
+                self._discard(c_ioctx, where, partial)
+                raise exceptions.TargetExists(
+                    f'target {target.display} appeared before the clone was '
+                    f'published; left as it is') from None
+        except rbd.Error as exc:
+            if _timed_out(exc):
+                # The cluster did not answer: removing now would wait as long
+                # again (measured: 15 s more), for nothing. The next request for
+                # this disk (a retry, or Nova's reschedule: same name) removes it.
+                LOG.warning('partial clone %s (if made) left for the next request '
+                            'for %s to remove: the cluster did not answer', where,
+                            target.display)
+                left = (f'the cluster did not answer, so the partial clone {where} '
+                        f'(if made) is left for the next request for this disk to '
+                        f'remove')
+            else:
+                left = self._discard(c_ioctx, where, partial)
+            raise exceptions.SourceError(
+                f'rbd: {step} for {target.display} failed in Ceph cluster '
+                f'{cluster.fsid} ({self.settings.describe()}): {exc}; no disk was '
+                f'published; {left}. Check the cluster (ceph -s: OSDs and monitors '
+                f'up?) and retry the request') from exc
+
+    @staticmethod
+    def _remove_stale(c_ioctx, where: str, partial: str) -> None:
+        """Remove the partial clone a failed request left (ours by its name). A
+        client that lost the cluster while it had the partial open still watches
+        it until Ceph's watch timeout (osd_client_watch_timeout, 30 s): wait that
+        long for it, not for ever."""
+        rbd = rbd_cluster.rbd
+        deadline = time.monotonic() + STALE_WATCH_GRACE
+        while True:
+            try:
+                rbd.RBD().remove(c_ioctx, partial)
+            except rbd.ImageNotFound:
+                return
+            except rbd.ImageBusy:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+                continue
+            LOG.info('removed the partial clone %s an earlier request left', where)
+            return
+
+    def _discard(self, c_ioctx, where: str, partial: str) -> str:
+        """Remove our partial clone; what happened, for the error message."""
+        rbd = rbd_cluster.rbd
+        try:
+            rbd.RBD().remove(c_ioctx, partial)
+        except rbd.ImageNotFound:
+            return 'nothing was left'
+        except rbd.Error as exc:
+            LOG.warning('could not remove the partial clone %s: %s', where, exc)
+            return (f'the partial clone {where} could not be removed ({exc}): the next '
+                    f'request for this disk removes it')
+        return f'the partial clone {where} was removed'
 
     def prepare(self, request: Request, location: Location,
                 decision: Decision) -> str | None:

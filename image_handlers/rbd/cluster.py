@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import threading
 import time
@@ -65,6 +66,26 @@ class Cluster:
         self.settings = settings
         self._rados = self._connect()
         self.fsid = self._rados.get_fsid()
+        # Set once this client is not to be used again: the cluster shut it out
+        # (ESHUTDOWN: blocklisted, e.g. when another client broke an image lock it
+        # held while an OSD was down), or an operation timed out (measured: after
+        # an OSD or monitor came back, such a client kept timing out while a new
+        # one worked at once). get_cluster then connects anew.
+        self.shut_out: str | None = None
+
+    def note_error(self, exc: BaseException) -> None:
+        """Retire this connection when ``exc`` (or what caused it) is a shut-out
+        or a timeout."""
+        seen = 0
+        while exc is not None and seen < 5:
+            code = abs(getattr(exc, 'errno', None) or 0)
+            if code in (errno.ESHUTDOWN, errno.ETIMEDOUT):
+                if self.shut_out is None:
+                    LOG.warning('Ceph cluster %s: %s; the next request connects '
+                                'again', self.fsid, exc)
+                self.shut_out = str(exc)
+                return
+            exc, seen = exc.__cause__ or exc.__context__, seen + 1
 
     def _connect(self):
         s = self.settings
@@ -86,7 +107,8 @@ class Cluster:
             client.shutdown()
             raise ClusterUnavailable(
                 f'cannot connect to Ceph ({s.describe()}) within '
-                f'{s.connect_timeout} s: {exc}')
+                f'{s.connect_timeout} s: {exc}; check that its monitors are up '
+                f'(ceph -s) and reachable from this host')
         return client
 
     @contextlib.contextmanager
@@ -100,6 +122,9 @@ class Cluster:
             raise ClusterUnavailable(f'cannot open pool {pool!r}: {exc}')
         try:
             yield ctx
+        except BaseException as exc:
+            self.note_error(exc)
+            raise
         finally:
             ctx.close()
 
@@ -110,7 +135,10 @@ class Cluster:
 _clusters: dict[ClusterSettings, Cluster] = {}
 _failures: dict[ClusterSettings, tuple[float, ClusterUnavailable]] = {}
 _lock = threading.Lock()
-FAILURE_MEMORY = 30.0  # seconds a failed connect is remembered before trying again
+# Seconds a failed connect is remembered: long enough for the rest of the request
+# that waited for it (several locations ask), short enough that a request made once
+# the monitors are back connects (30 s failed every request for 30 s after that).
+FAILURE_MEMORY = 3.0
 
 
 def get_cluster(settings: ClusterSettings) -> Cluster:
@@ -120,8 +148,11 @@ def get_cluster(settings: ClusterSettings) -> Cluster:
     several times in one request waits for the monitors once, not once per location.
     """
     with _lock:
-        if settings in _clusters:
-            return _clusters[settings]
+        cached = _clusters.get(settings)
+        if cached is not None and cached.shut_out is None:
+            return cached
+        if cached is not None:      # shut out by the cluster: a new client (the old
+            del _clusters[settings]  # one is not closed: another thread may use it)
         failed = _failures.get(settings)
         if failed and time.monotonic() - failed[0] < FAILURE_MEMORY:
             raise failed[1]
