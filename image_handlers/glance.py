@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -76,6 +77,11 @@ class GlanceReader:
         if self._endpoint is None:
             try:
                 endpoint = self._adapter.get_endpoint()
+            except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout) as exc:
+                # Keystone is down or unreachable: not a configuration error.
+                raise exceptions.SourceError(
+                    f'{self._identity()} did not answer while looking up the Glance '
+                    f'endpoint for nova.conf [glance]: {exc}; retry once it is back')
             except ks_exc.ClientException as exc:
                 raise exceptions.ConfigError(
                     f'cannot find the Glance endpoint from nova.conf [glance]: {exc}')
@@ -188,9 +194,19 @@ class GlanceReader:
                 last = exc
                 LOG.warning('Glance call for %s failed (attempt %d of %d): %s',
                             what, attempt + 1, self._retries + 1, exc)
+        who = f'Glance at {self.endpoint}'
+        auth_url = getattr(self._auth, 'auth_url', None)
+        if auth_url and isinstance(last, (ks_exc.ConnectFailure, ks_exc.ConnectTimeout)) \
+                and urllib.parse.urlsplit(auth_url).netloc in str(last):
+            who = f'{self._identity()} (asked for a token for nova.conf [glance])'
         raise exceptions.SourceError(
-            f'Glance at {self.endpoint} did not answer for {what} after '
-            f'{self._retries + 1} attempts: {last}')
+            f'{who} did not answer for {what} after {self._retries + 1} attempts: '
+            f'{last}; retry once it is back')
+
+    def _identity(self) -> str:
+        """Keystone, as nova.conf [glance] names it, for error messages."""
+        auth_url = getattr(self._auth, 'auth_url', None)
+        return f'Keystone at {auth_url}' if auth_url else 'the identity service'
 
 
 def image_info(image_id: str, record: Mapping[str, Any],
