@@ -32,7 +32,8 @@ the COMPRESSED size. The same ext4 image uncompressed is pushed beside it.
 
 Bounded: each run waits at most ``--run-timeout`` seconds; everything (services,
 namespaces, the tmpfs of the hosts' disks, Ceph images) is removed at the end, also
-after a failure.
+after a failure or SIGTERM; after kill -9: ``python -m tools.lab.fleet clean`` then
+``python -m tools.lab stop all``.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -83,7 +85,8 @@ class Targets:
     bottleneck, not the network), unmounted at the end."""
 
     def __init__(self, size: int) -> None:
-        self.path = tempfile.mkdtemp(prefix='ih-fleet-disks-')
+        # The pid in the name: tools.lab.fleet clean knows a killed run's mount.
+        self.path = tempfile.mkdtemp(prefix=f'ih-fleet-disks-{os.getpid()}-')
         subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', self.path],
                        check=True)
 
@@ -194,7 +197,8 @@ def calibrate(run_dir: Path, image: Path, sha512: str, timeout: float) -> dict:
         one = push_one(fleet, size, sha512, disks.path, timeout)   # fills the cache
         result = push(fleet, size, sha512, disks.path, timeout, buffer_size=1 << 20)
         served = size * (layout.hosts - len(result['errors']))
-        squid_cpu = sum(v for k, v in result['service_cpu_s'].items() if 'fleet-t' in k)
+        squid_cpu = sum(v for k, v in result['service_cpu_s'].items()
+                        if not k.endswith('-origin'))
         return {'cache_MiBps': served / MiB / result['wall_s'],
                 'cache_cpu_s_per_GiB': squid_cpu / (served / (1 << 30)) if served else None,
                 'host_cpu_s_per_GiB': result['host_cpu_s'] / (served / (1 << 30))
@@ -310,8 +314,7 @@ def fmt_run(r: dict) -> str:
     ideal = r['served_size'] / (lay['host_mbit'] * 1e6 / 8)   # the bytes on the wire
     spread = (f"{ph[0]:6.2f} {statistics.median(ph):6.2f} {ph[-1]:6.2f}"
               if ph else '     -      -      -')
-    squid = sum(v for k, v in r['service_cpu_s'].items() if 'squid' in k or 'fleet-t' in k
-                or 'fleet-e' in k)
+    squid = sum(v for k, v in r['service_cpu_s'].items() if not k.endswith('-origin'))
     ok = lay['hosts'] - len([k for k in r['errors'] if k >= 0])
     return (f"{lay['hosts']:5d} {tree:27s} {r['size'] / MiB:6.0f} {r['wall_s']:7.2f} "
             f"{ideal:7.2f} {r['origin_bytes'] / r['served_size']:8.2f}x "
@@ -341,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--json', help='write every measurement here (bench/fleet_model.py '
                                   '--from reads it)')
     args = p.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks tear everything down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.geteuid() != 0:
         p.error('needs root (network namespaces, tc, tmpfs)')
     sizes = [int(x) for x in args.hosts.split(',') if x]
@@ -435,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
         left = subprocess.run(['ip', 'netns', 'list'], capture_output=True,
                               text=True).stdout
-        mine = [line for line in left.split('\n') if line.startswith(f'ihf{os.getpid() % 100000}-')]
+        mine = [line for line in left.split('\n') if line.startswith(f'ihf{os.getpid()}-')]
         print('teardown: ' + ('every namespace, service, tmpfs and Ceph image created was '
                               'removed' if not mine else f'LEFT BEHIND: {mine[:3]}'))
     return 0

@@ -15,6 +15,10 @@ Shaping is tc's token bucket filter (``tbf``) on both ends of every veth (the
 namespace side shapes what the host sends, the bridge side what it receives); netem
 is not built into this kernel, so links have no added delay. Everything is torn
 down by ``down()`` (services stopped, namespaces deleted), also after a failure.
+What a killed run (kill -9) left is removed by ``python -m tools.lab.fleet clean``:
+the namespaces (and the daemons still in them) and tmpfs mounts of fleets whose
+process is gone (their names carry its pid); ``python -m tools.lab stop all``
+removes their service dirs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import re
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -106,8 +112,8 @@ class OriginService(LabService):
     name = "fleet-origin"
     start_timeout = 20.0
 
-    def __init__(self, run_dir: Path, netns: str) -> None:
-        super().__init__(run_dir)
+    def __init__(self, run_dir: Path, netns: str, name: str | None = None) -> None:
+        super().__init__(run_dir, name=name)
         self.netns = netns
 
     @property
@@ -175,8 +181,10 @@ class Fleet:
 
     def __init__(self, layout: Layout, run_dir: Path, tag: str | None = None) -> None:
         self.layout = layout
-        self.run_dir = Path(run_dir) / "fleet"
-        self.tag = tag or f"ihf{os.getpid() % 100000}"
+        # Services directly under the run dir (named after the tag), so that
+        # ``python -m tools.lab stop all`` finds and stops them after a kill -9.
+        self.run_dir = Path(run_dir)
+        self.tag = tag or f"ihf{os.getpid()}"
         self.core = f"{self.tag}-core"
         self.origin_ns = f"{self.tag}-origin"
         self.cache_ns = [f"{self.tag}-t1"] + (
@@ -246,15 +254,16 @@ class Fleet:
         t0 = time.monotonic()
         try:
             self._network_up()
-            self.origin = OriginService(self.run_dir, self.origin_ns)
+            self.origin = OriginService(self.run_dir, self.origin_ns,
+                                        name=f"{self.tag}-origin")
             self.origin.start()
-            t1 = SquidService(self.run_dir, name="fleet-t1", host=TIER1_IP,
+            t1 = SquidService(self.run_dir, name=f"{self.tag}-t1", host=TIER1_IP,
                               port=SQUID_PORT, parent=(ORIGIN_IP, ORIGIN_PORT),
                               netns=self.cache_ns[0], cache_mem_mb=1024)
             self.squids = [t1.start()]
             for k, ns in enumerate(self.cache_ns[1:]):
                 self.squids.append(SquidService(
-                    self.run_dir, name=f"fleet-e{k}", host=edge_ip(k), port=SQUID_PORT,
+                    self.run_dir, name=f"{self.tag}-e{k}", host=edge_ip(k), port=SQUID_PORT,
                     parent=(TIER1_IP, SQUID_PORT), netns=ns, cache_mem_mb=1024).start())
         except BaseException:
             self.down()
@@ -293,7 +302,48 @@ class Fleet:
                 problems.append(str(exc))
         self.squids, self.origin = [], None
         problems += self._network_down()
-        if self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
-            self.run_dir.rmdir()
         if problems:
             raise ServiceError("fleet teardown: " + "; ".join(problems))
+
+
+def leftovers() -> tuple[list[str], list[str]]:
+    """(namespaces, tmpfs mounts) of fleets whose process is no longer alive."""
+    def dead(pid: str) -> bool:
+        return not Path(f"/proc/{pid}").exists()
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                           text=True).stdout.split()
+    spaces = [n for n in names if (m := re.match(r"^ihf(\d+)-", n)) and dead(m.group(1))]
+    with open("/proc/mounts") as f:
+        mounts = [line.split()[1] for line in f]
+    disks = [m for m in mounts if (x := re.search(r"/ih-fleet-disks-(\d+)-", m))
+             and dead(x.group(1))]
+    return spaces, disks
+
+
+def clean() -> int:
+    """Remove what killed fleets left (see the module docstring)."""
+    spaces, disks = leftovers()
+    for ns in spaces:
+        # Only the fleet's own daemons (nginx, squid) run in its namespaces.
+        for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                  text=True).stdout.split():
+            try:
+                os.kill(int(pid), 9)
+                print(f"{ns}: killed process {pid}")
+            except ProcessLookupError:
+                pass
+        _run(["ip", "netns", "del", ns])
+        print(f"{ns}: deleted")
+    for path in disks:
+        subprocess.run(["umount", "-l", path], check=False)
+        os.rmdir(path)
+        print(f"{path}: unmounted and removed")
+    if not spaces and not disks:
+        print("nothing left by a fleet")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["clean"]:
+        sys.exit("usage: python -m tools.lab.fleet clean")
+    sys.exit(clean())
