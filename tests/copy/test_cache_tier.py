@@ -246,3 +246,31 @@ def test_routes_match_host_groups_and_mirror_prefixes():
     assert not route.serves_host('rack2-n1')
     assert route.mirrored_url('http://origin/images/a/b.raw') == 'http://m.r1/img/a/b.raw'
     assert not route.matches('http://other/images/x')
+
+
+def test_cache_locations_per_route():
+    """Which locations a route adds on a host (no service involved: routes and
+    locations are plain data)."""
+    from image_handlers.copy.cache_tier import cache_locations, direct_refused_by
+    from image_handlers.locations import GlanceApiLocation, HttpLocation
+    plain = HttpLocation.from_url('http://origin/images/a.raw',
+                                  {'weight': 3, 'host_weights': {'r1-n1': 7}}, index=0)
+    tls = HttpLocation.from_url('https://origin/images/b.raw', index=1)
+    glance = GlanceApiLocation.for_image('http://glance:9292', 'img', 0, index=2)
+    routes = [CacheRoute.parse('name=c1 proxy=http://sq1:3128 hosts=r1-*', 0),
+              CacheRoute.parse('name=g proxy=http://sq2:3128 weight=9 glance=yes '
+                               'locations=http://glance:9292/*', 1),
+              CacheRoute.parse('name=m mirror=http://m/img/ locations=https://origin/images/* '
+                               'direct=no', 2)]
+    found = {(loc.route.name, loc.served.index): loc
+             for loc in cache_locations(routes, 'r1-n1', [plain, tls, glance])}
+    assert sorted(found) == [('c1', 0), ('g', 2), ('m', 1)]   # no https via a proxy
+    assert found[('c1', 0)].weight_for('r1-n1') == 8      # the served per-host weight + 1
+    assert found[('c1', 0)].url == plain.url              # a proxy asks for the origin URL
+    assert found[('c1', 0)].endpoint_key == 'http-cache:http://sq1:3128'
+    assert found[('g', 2)].weight_for('r1-n1') == 9
+    assert found[('m', 1)].url == 'http://m/img/b.raw'
+    assert found[('m', 1)].display == 'https://origin/images/b.raw via mirror m'
+    assert [loc.route.name for loc in cache_locations(routes, 'r2-n1', [plain])] == []
+    assert direct_refused_by(routes, 'r2-n1', tls).name == 'm'
+    assert direct_refused_by(routes, 'r2-n1', plain) is None
