@@ -224,6 +224,11 @@ def main() -> int:
                   f'{cpu / plain_cpu:.2f}; bytes sent {sent[codec]} = compressed size '
                   f'{outs[codec].compressed_size}: '
                   f'{"MET" if sent[codec] == outs[codec].compressed_size else "MISSED"}')
+        zstd_tp = rows['zstd'][0]
+        print(f'  derived, not measured: on a link slower than {zstd_tp / MiB:.0f} MiB/s '
+              f'({zstd_tp * 8 / 1e6:.0f} Mbit/s, the zstd copy\'s own rate here) the '
+              f'zstd copy is the faster one: it needs {size / comp_size:.2f}x fewer '
+              f'bytes from the link')
         if has_zstd_cli:
             base_cpu = rows['curl | zstd -d | sha512sum'][1]
             print(f'  zstd copy CPU / curl|zstd -d|sha512sum CPU: '
