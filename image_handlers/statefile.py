@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -12,7 +13,9 @@ from typing import Any
 def write_json(path: str, doc: Any) -> None:
     directory, name = os.path.split(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{name}.', suffix='.tmp')
+    # The writer's pid in the name: remove_stale_tmps can tell a dead writer's.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{name}.{os.getpid()}.',
+                               suffix='.tmp')
     try:
         with os.fdopen(fd, 'w') as f:                     # mkstemp: mode 0600
             json.dump(doc, f, indent=1, sort_keys=True)
@@ -31,6 +34,40 @@ def write_json(path: str, doc: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+_TMP = re.compile(r'^\..+\.(\d+)\.[^./]+\.tmp$')
+
+
+def remove_stale_tmps(directory: str) -> list[str]:
+    """Remove the temporary files of writers that died before their rename (a
+    kill -9 between mkstemp and replace left them for ever; found by
+    tools/kill_trials.py); a live writer's are left alone. Returns the names."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        match = _TMP.match(name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_json(path: str) -> Any | None:

@@ -48,7 +48,8 @@ class Checkpointer:
         lose more than two intervals (tools/kill_trials.py found 8 MiB lost with
         1 MiB checkpoints on a busy disk)."""
         with self._cond:
-            while (max_lag is not None and self._busy and not self._closed
+            while (max_lag is not None and not self._closed
+                   and (self._busy or self._pending is not None)
                    and offset - self._durable >= max_lag):
                 self._cond.wait()
             self._raise_error()

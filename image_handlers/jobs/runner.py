@@ -20,6 +20,7 @@ from oslo_log import log as logging
 
 from image_handlers import conf as ih_conf
 from image_handlers import exceptions
+from image_handlers import statefile
 from image_handlers.jobs import kinds
 from image_handlers.jobs.model import (CANCELLED, DONE, FAILED, QUEUED, RUNNING,
                                        Job)
@@ -109,6 +110,8 @@ def resume_orphans(conf: cfg.ConfigOpts) -> list[Job]:
     """Start a worker for every unfinished job whose worker is gone."""
     jobs = store(conf)
     resumed = []
+    for name in statefile.remove_stale_tmps(jobs.directory):
+        LOG.info('removed %s, left in %s by a writer that died', name, jobs.directory)
     for job in jobs.all():
         if job.state in (QUEUED, RUNNING) and not jobs.is_running(job.id):
             LOG.warning('job %s (%s: %s) lost its worker (state %s after %d runs): '
