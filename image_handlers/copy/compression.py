@@ -111,6 +111,19 @@ def declared(metadata: Mapping[str, Any] | None) -> str | None:
                       f'location metadata {METADATA_KEY!r}')
 
 
+def missing_library(codec: str | None) -> str | None:
+    """Why ``codec`` cannot be decoded on this host (its library is missing)."""
+    if codec != ZSTD:
+        return None         # gzip: zlib is always there
+    try:
+        import pyzstd
+    except ImportError:
+        return ('decoding zstd needs the pyzstd package, not installed in this '
+                'Python environment: install it (requirements.txt lists it)')
+    del pyzstd              # only asked whether it imports
+    return None
+
+
 def looks_like(data: bytes) -> str:
     """A name for what ``data`` (the first bytes of a stream) looks like."""
     if _is_skippable(data):
@@ -211,6 +224,9 @@ class CompressedSource:
                  read_size: int = READ_SIZE) -> None:
         self.inner = inner
         self.declared = codec_name(compression, 'compression')
+        why = missing_library(self.declared)
+        if why:
+            raise exceptions.ConfigError(f'{inner.description}: {why}')
         self.read_size = read_size
         self.description = inner.description + (
             f' ({self.declared})' if self.declared else '')
@@ -311,6 +327,11 @@ class CompressedSource:
                 f'{METADATA_KEY}={self.declared} but the server sends '
                 f'Content-Encoding {encoding}: fix the metadata or the server')
         codec = self.declared or sent
+        why = missing_library(codec)
+        if why:
+            raise exceptions.SourceError(
+                f'{self.description}: the server sends Content-Encoding {encoding}; '
+                f'{why}')
         with self._lock:
             self.codec = codec
         return codec

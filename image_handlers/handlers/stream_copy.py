@@ -161,6 +161,10 @@ class StreamCopyHandler(Handler):
             packed = compression.declared(location.metadata)
         except exceptions.InvalidLocation as exc:
             raise Refused(str(exc)) from None
+        missing = compression.missing_library(packed)
+        if missing:
+            raise Refused(f'the location metadata declares compression={packed}, and '
+                          f'{missing}')
         how = f', decompressing its {packed} data' if packed else ''
         return Decision(f'full copy of {size} from {location.display}{how}, {check}',
                         method='copy')

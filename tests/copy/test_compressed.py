@@ -10,6 +10,7 @@ import gzip
 import json
 import logging
 import os
+import subprocess
 import sys
 
 import pytest
@@ -287,3 +288,27 @@ def test_compress_image_never_replaces_an_output(tmp_path):
         compress_image.compress(str(src), str(dst))
     assert dst.read_bytes() == b'keep'
     assert sorted(os.listdir(tmp_path)) == ['out.zst', 'raw']
+
+
+MISSING = """
+import sys
+sys.modules['pyzstd'] = None        # blocks the import, as in a venv without it
+from image_handlers import exceptions
+from image_handlers.copy import HttpSource
+from image_handlers.copy.compression import CompressedSource, missing_library
+assert missing_library('gzip') is None
+try:
+    CompressedSource(HttpSource('http://127.0.0.1:9/image.zst'), 'zstd')
+except exceptions.ConfigError as exc:
+    print(exc)
+"""
+
+
+def test_zstd_without_its_library_is_a_clear_error_before_any_request():
+    """pyzstd made unimportable in a child process (as in Nova's virtualenv, which
+    installs image_handlers without its requirements)."""
+    proc = subprocess.run([sys.executable, '-c', MISSING], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert 'decoding zstd needs the pyzstd package' in proc.stdout, proc.stdout
