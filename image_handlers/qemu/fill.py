@@ -34,10 +34,19 @@ class OverlayFill(JobKind):
                 f'{disk} is backed by {backing}, not {expected} as the job says: '
                 f'refusing to fill it')
         size = int(details.get('virtual-size') or 0) or None
-        img.make_standalone(
-            disk, job.params.get('backing_format', 'raw'),
-            progress=lambda f: ctx.report(int(f * size) if size else 0, size),
-            cancelled=ctx.cancelled)
+        try:
+            img.make_standalone(
+                disk, job.params.get('backing_format', 'raw'),
+                progress=lambda f: ctx.report(int(f * size) if size else 0, size),
+                cancelled=ctx.cancelled)
+        except exceptions.CopyCancelled:
+            raise
+        except exceptions.ImageHandlerError as exc:
+            # e.g. the shared volume's brick died under it: say how to go on.
+            raise exceptions.ImageHandlerError(
+                f'{exc}; the blocks copied so far stay, and "image-handlers jobs '
+                f'resume {ctx.job_id}" continues once {backing} is readable '
+                f'again') from exc
         after = img.info(disk)
         if after.get('backing-filename'):
             raise exceptions.ImageHandlerError(
