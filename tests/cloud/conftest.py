@@ -14,8 +14,11 @@ from tools.lab.cloud import CloudService
 
 
 @pytest.fixture(scope='session')
-def cloud():
+def cloud(tmp_path_factory):
+    """The cloud; its parts' logs are copied under the session's tmp dir
+    (cloud-logs/<part>/) before it stops, to read after a failure."""
     svc = CloudService(images_type='rbd').start()
     yield svc
+    svc.copy_logs(tmp_path_factory.mktemp('cloud-logs'))
     if not svc.reused:
         svc.stop()

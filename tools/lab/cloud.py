@@ -51,6 +51,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -85,6 +86,8 @@ COMPUTE_HANDLERS = {"rbd": ("rbd_clone", "stream_copy"),
 # Sparse: only what is written costs. Nova reports it as the host's DISK_GB for qcow2
 # disks (the 1 GiB flavor needs >= 1 GiB free); mkfs writes ~70 MiB.
 XFS_SIZE_MIB = 4096
+SQLITE_BUSY_SECONDS = 60
+DISCOVER_INTERVAL = 2            # [scheduler] discover_hosts_in_cells_interval
 
 
 def _conf_text(sections: dict[str, dict[str, Any]], header: str) -> str:
@@ -270,7 +273,7 @@ class CloudService(LabService):
                 f.result()
         self.save_state()
         timed("nova-compute", nova["nova-compute"].start)
-        timed("discover-hosts", lambda: self._manage("cell_v2", "discover_hosts"))
+        timed("host-mapped", self._wait_host_mapped)
         timed("flavor", self._ensure_flavor)
         self.state.update(ready=True, images_type=self.images_type,
                           endpoint=self.compute_api)
@@ -302,12 +305,20 @@ class CloudService(LabService):
     def _keep_logs(self, svc: LabService) -> None:
         """On a failed start (the cloud dir stays for inspection), keep each part's
         logs in <cloud>/logs/<part>/: stopping a part removes its dir."""
-        if self.state.get("ready") or not self.workdir.is_dir() or not svc.workdir.is_dir():
+        if self.state.get("ready") or not self.workdir.is_dir():
             return
-        dest = self.workdir / "logs" / svc.name
-        for log in svc.workdir.glob("*.log"):
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(log, dest / log.name)
+        self.copy_logs(self.workdir / "logs", [svc])
+
+    def copy_logs(self, dest: Path, parts: list[LabService] | None = None) -> Path:
+        """Copy every part's logs (its dir's *.log, Nova's own log) to dest/<part>/,
+        e.g. before a test's teardown stops the cloud; returns dest."""
+        for svc in parts if parts is not None else [self, *self.parts()]:
+            if not svc.workdir.is_dir():
+                continue
+            for log in svc.workdir.glob("*.log"):
+                (Path(dest) / svc.name).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, Path(dest) / svc.name / log.name)
+        return Path(dest)
 
     # -- Keystone ---------------------------------------------------------------------
     def _register(self) -> None:
@@ -350,8 +361,8 @@ class CloudService(LabService):
                                       "image_handlers=DEBUG,glanceclient=WARN",
             },
             "api": {"auth_strategy": "keystone"},
-            "api_database": {"connection": f"sqlite:///{w}/db/nova_api.sqlite"},
-            "database": {"connection": f"sqlite:///{self.cell_db}"},
+            "api_database": {"connection": _sqlite_url(w / "db" / "nova_api.sqlite")},
+            "database": {"connection": _sqlite_url(self.cell_db)},
             "keystone_authtoken": {**nova, "www_authenticate_uri": ks.auth_url,
                                    "interface": "public"},
             "service_user": {"send_service_user_token": True, **nova},
@@ -360,7 +371,9 @@ class CloudService(LabService):
                           "valid_interfaces": "public"},
             "neutron": {**nova, "region_name": REGION,
                         "endpoint_override": self.neutron.endpoint},
-            "scheduler": {"discover_hosts_in_cells_interval": -1},
+            # The scheduler maps new compute hosts into their cell itself (what
+            # 'nova-manage cell_v2 discover_hosts' does, ~10 s of nova-manage here).
+            "scheduler": {"discover_hosts_in_cells_interval": DISCOVER_INTERVAL},
             "vnc": {"enabled": False}, "spice": {"enabled": False},
             "serial_console": {"enabled": False},
             "oslo_concurrency": {"lock_path": w / "locks"},
@@ -413,12 +426,14 @@ class CloudService(LabService):
         (w / "etc" / "placement" / "placement.conf").write_text(_conf_text({
             "DEFAULT": {"debug": self.debug},
             "api": {"auth_strategy": "keystone"},
-            "placement_database": {"connection": f"sqlite:///{w}/db/placement.sqlite"},
+            "placement_database": {"connection": _sqlite_url(w / "db" / "placement.sqlite")},
             "keystone_authtoken": {**_password_auth(ks, PLACEMENT_USER, PLACEMENT_PASSWORD),
                                    "www_authenticate_uri": ks.auth_url,
                                    "interface": "public"},
         }, "Written by tools/lab/cloud.py: the lab cloud's Placement."))
         self._databases()
+        for f in sorted((w / "db").glob("*.sqlite")):
+            _wal_mode(f)
         self.save_state()
 
     def _ceph_secret(self, key: str) -> str:
@@ -466,7 +481,6 @@ class CloudService(LabService):
         # The api schema without this run's cell mappings; a cell schema.
         api = tmp / "nova_api.sqlite"
         shutil.copyfile(db / "nova_api.sqlite", api)
-        import sqlite3
         con = sqlite3.connect(api)
         with con:
             con.execute("DELETE FROM cell_mappings")
@@ -478,11 +492,39 @@ class CloudService(LabService):
             tmp.rename(cache)
 
     def _cells(self) -> None:
+        """cell0 and cell1 mapped at once (two nova-manage runs; sqlite serialises
+        their writes)."""
         db = self.workdir / "db"
-        self._manage("cell_v2", "map_cell0", "--database_connection",
-                     f"sqlite:///{db}/nova_cell0.sqlite")
-        self._manage("cell_v2", "create_cell", "--name", "cell1", "--database_connection",
-                     f"sqlite:///{self.cell_db}", "--transport-url", self.rabbit.transport_url)
+        with ThreadPoolExecutor(2) as pool:
+            futures = [
+                pool.submit(self._manage, "cell_v2", "map_cell0", "--database_connection",
+                            _sqlite_url(db / "nova_cell0.sqlite")),
+                pool.submit(self._manage, "cell_v2", "create_cell", "--name", "cell1",
+                            "--database_connection", _sqlite_url(self.cell_db),
+                            "--transport-url", self.rabbit.transport_url)]
+            for f in futures:
+                f.result()
+
+    def _wait_host_mapped(self, timeout: float = PART_START_TIMEOUT) -> None:
+        """Until the scheduler's periodic discovery mapped the compute host into
+        cell1 (host_mappings in the API database); boots before that find no host."""
+        api = self.workdir / "db" / "nova_api.sqlite"
+        deadline = time.monotonic() + timeout
+        while True:
+            con = sqlite3.connect(f"file:{api}?mode=ro", uri=True, timeout=5)
+            try:
+                if con.execute("SELECT id FROM host_mappings WHERE host = ?",
+                               (HOST,)).fetchone():
+                    return
+            except sqlite3.Error:
+                pass
+            finally:
+                con.close()
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{self.name}: compute host {HOST} not mapped to a "
+                                   f"cell after {timeout:.0f} s (nova-scheduler's "
+                                   f"discover_hosts_in_cells_interval)")
+            time.sleep(0.2)
 
     def _manage(self, *args: str) -> str:
         return self._run([NOVA_VENV / "bin" / "nova-manage", "--config-file",
@@ -609,6 +651,26 @@ class CloudService(LabService):
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "parts": [s.name for s in self.parts()]}
+
+
+def _sqlite_url(path: Path) -> str:
+    """An oslo.db URL for one of the cloud's sqlite files. A dozen processes write
+    them (API workers, conductor, scheduler, Placement): a writer waits up to
+    SQLITE_BUSY_SECONDS for the lock (pysqlite's default, 5 s, failed builds with
+    "database is locked" on a loaded machine); the files are in WAL mode
+    (_wal_mode), so readers never wait for a writer. devstack uses MySQL instead."""
+    return f"sqlite:///{path}?timeout={SQLITE_BUSY_SECONDS}"
+
+
+def _wal_mode(path: Path) -> None:
+    """Switch a sqlite file to write-ahead logging (kept in the file)."""
+    con = sqlite3.connect(path)
+    try:
+        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    finally:
+        con.close()
+    if mode.lower() != "wal":
+        raise ServiceError(f"{path}: journal_mode is {mode}, not wal")
 
 
 def _venv_stamp() -> str:
