@@ -197,12 +197,14 @@ def wait_gone(members, timeout: float = 5.0) -> list[str]:
 class CopyTrials:
     """``image-handlers fetch`` (stream_copy) of one image, killed and asked again."""
 
-    def __init__(self, lab: Lab, data: bytes, seed: int) -> None:
+    def __init__(self, lab: Lab, data: bytes, seed: int,
+                 glance_api_weight: int = 0) -> None:
         self.lab, self.data, self.seed = lab, data, seed
         self.sha512 = hashlib.sha512(data).hexdigest()
         self.data_end = last_data_end(data)
         self.conf = lab.conf('copy', (
             'handlers = stream_copy\nhttp_location_allowed_hosts = 127.0.0.1\n'
+            f'glance_api_weight = {glance_api_weight}\n'
             f'checkpoint_interval = {CHECKPOINT}\ncopy_buffer_size = {BUFFER}\n'
             f'bandwidth_limit = {COPY_RATE}\nprogress_interval = 60\n'
             'copy_retry_backoff = 0.05\n'))
@@ -617,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--kinds', default=','.join(KINDS))
     parser.add_argument('--size-mib', type=int, default=16)
     parser.add_argument('--json', help='write the report (and every trial) here')
+    parser.add_argument('--glance-api-weight', type=int, default=0,
+                        help='[image_handlers] glance_api_weight of the copies: -1 '
+                             'prefers the direct http location to Glance\'s data '
+                             'API (which ignores Range for its http store)')
     parser.add_argument('--lab-name', default='kill',
                         help='names of its lab services (nginx-NAME, glance-NAME, '
                              'tgt-NAME): runs at once under one IH_LAB_RUN_DIR need '
@@ -639,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         lab = Lab(nginx, glance, tgt, work)
         data = image(args.size_mib * MiB, args.seed)
         for kind in kinds:
-            runner = (CopyTrials if kind == 'copy' else FillTrials)(lab, data, args.seed)
+            runner = (CopyTrials(lab, data, args.seed, args.glance_api_weight)
+                      if kind == 'copy' else FillTrials(lab, data, args.seed))
             runner.calibrate()
             for n in range(args.trials):
                 try:
@@ -659,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     report = summarise(trials)
     print(f'kill trials: {args.trials} per kind, seed {args.seed}, image '
           f'{args.size_mib} MiB, checkpoint interval {CHECKPOINT} bytes, '
+          f'glance_api_weight {args.glance_api_weight}, '
           f'{time.monotonic() - started:.0f} s')
     for kind, r in report.items():
         print(f'{kind}: {r["trials"]} trials; killed at: '
