@@ -23,7 +23,7 @@ Kinds:
   sessions, hand-over flags, held locks).
 
 Per kind it prints trials, where the kill landed, outcomes, bytes published wrongly
-(goal: none), bytes fetched again (goal: less than two checkpoint intervals for
+(goal: none), bytes fetched again (goal: at most two checkpoint intervals for
 a copy; nothing but the reads in flight for a fill) and
 leftovers after the retry (goal: none). Exit 1 when a goal is missed. Starts and
 stops its own nginx, Glance and tgt under IH_LAB_RUN_DIR.
@@ -601,7 +601,7 @@ def goals_missed(report: dict) -> list[str]:
             missed.append(f'{kind}: outcomes {bad}')
         if r['leftovers']:
             missed.append(f'{kind}: {r["leftovers"]} leftovers after the retry')
-        # A copy keeps what its last durable checkpoint covers: less than two
+        # A copy keeps what its last durable checkpoint covers: at most two
         # intervals are lost (the writer waits for a sync that falls behind). A
         # fill loses only the reads in flight (4 of 4 MiB).
         limit = 2 * CHECKPOINT if kind == 'copy' else 4 * 4 * MiB

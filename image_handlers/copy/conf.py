@@ -41,7 +41,7 @@ copy_opts = [
                  help='Longest wait between two retries, in seconds.'),
     cfg.IntOpt('checkpoint_interval', default=64 * 1024 * 1024, min=1024 * 1024,
                help='Bytes between two durable checkpoints of a copy: after a crash '
-                    'or kill -9 less than twice this much is fetched again (a copy '
+                    'or kill -9 at most twice this much is fetched again (a copy '
                     'waits for a checkpoint whose sync falls behind).'),
     cfg.FloatOpt('progress_interval', default=10.0, min=0.1,
                  help='Seconds between two progress lines of a copy in the log.'),

@@ -174,7 +174,7 @@ class _Transfer:
         self.restarts = 0
         self.resumed_from: int | None = None
         # The writer waits when the last checkpoint is still being synced as the
-        # next is due: a kill loses less than two intervals, even on a slow disk.
+        # next is due: a kill loses at most two intervals, even on a slow disk.
         self.step = self.opts.checkpoint_interval
         self.next_checkpoint = self.step
         self.pool = BufferPool.create(BUFFERS, self.opts.buffer_size)
