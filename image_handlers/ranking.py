@@ -3,10 +3,10 @@
 Handler order comes first (the deployer's list). Within a handler, locations are
 ordered by operator weight from location metadata (per-host weight, else global
 weight; higher first), then healthy before failed recently on this host (see
-throughput.py; off with location_failure_half_life = 0), then the location a
-partial copy of the target came from (it resumes there: another location may
-not honour the range request, and the kept bytes would be fetched again; found
-by tools/kill_trials.py), then, when enabled, by
+throughput.py; off with location_failure_half_life = 0), then, when the target
+has a partial copy, the locations the handler says resume it best (stream_copy:
+direct ones before Glance's data API, which may ignore the range request and
+start over; found by tools/kill_trials.py), then, when enabled, by
 throughput measured on this host (locations never measured first, so each gets
 measured), then by Glance's order.
 """
@@ -27,7 +27,7 @@ class RankedLocation:
     mib_per_s: float | None
     health: Health = Health()
     throughput_used: bool = True
-    resumes: bool = False       # a partial copy of the target came from here
+    resumes: bool = False       # resumes the target's partial copy best
 
     @property
     def why(self) -> str:
@@ -39,7 +39,7 @@ class RankedLocation:
         if self.health.failed_recently:
             failed = (f', failed {self.health.failures}x recently, last '
                       f'{self.health.last_failure_ago:.0f} s ago: tried after healthy ones')
-        resumes = (', the partial copy of the target came from it: resumed there'
+        resumes = (', resumes the partial copy of the target: tried first'
                    if self.resumes else '')
         return (f'weight {self.weight}, {speed}{failed}{resumes}, '
                 f'Glance position {self.location.index}')
@@ -56,7 +56,7 @@ def rank_locations(locations: list[Location], host: str,
                    ) -> list[RankedLocation]:
     """``store`` None: weight and Glance order only; ``use_throughput`` False: the
     store still puts recently failed locations last, but speed does not order.
-    ``resumes(location)``: True for the location a partial copy came from."""
+    ``resumes(location)``: True for locations that resume a partial copy best."""
     measured = store.load() if store is not None else {}
 
     def health(loc: Location) -> Health:

@@ -113,8 +113,8 @@ class Handler(abc.ABC):
         return [loc for loc in request.image.locations if loc.scheme in self.schemes]
 
     def resumes_from(self, request: Request) -> Callable[[Location], bool] | None:
-        """Which candidate a partial copy of the target came from (tried first
-        among equals: it can resume there), or None (the default: no partials)."""
+        """Which candidates resume a partial copy of the target best (tried
+        first among equals), or None (the default: no partials)."""
         return None
 
     @abc.abstractmethod
