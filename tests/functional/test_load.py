@@ -1,7 +1,8 @@
 """Load and soak, reduced (issue 11): the checks of bench/soak.py, smaller.
 
 4 requests for one image (threads sharing one chain, then image-handlers
-processes) make 4 disks from one transfer, counted by nginx's own access log; 4
+processes) make 4 disks from one transfer, counted by nginx's own access log (and
+4 verified clones of a new image read its snapshot once, counted by the OSD); 4
 images at once (2 in threads, 2 in processes) stay within the host's
 bandwidth_limit, counted at a relay in front of nginx; 50 rbd_clone disks in a
 row and 20 parallel explains leave descriptors, threads, RSS, rados.Rados
@@ -45,6 +46,15 @@ def test_four_requests_for_one_image_are_one_transfer_and_four_disks(lab, mode):
     assert row['source_gets'] == 1 and row['source_bytes'] == 8 * MiB
     assert row['methods'] == {'copy': 1, 'local copy': 3}
     assert row['disks_verified'] == row['distinct_files'] == 4
+
+
+def test_four_first_clones_at_once_read_the_snapshot_once(lab):
+    """rbd_verify_snapshots: 4 requests for a new image verify it with one read,
+    counted by the OSD itself (op_out_bytes), not 4 (the others wait for the
+    verdict)."""
+    row = soak.one_image_many_clones(lab, 4, 8 * MiB)
+    assert row['problems'] == [], row
+    assert 1.0 <= row['image_reads'] < 1.5
 
 
 def test_four_images_at_once_stay_within_the_hosts_bandwidth_limit(lab):
