@@ -28,10 +28,10 @@ APT_PACKAGES=(
   # pieces of the lab's small guest (busybox; the kernel is unpacked, not installed).
   tgt libiscsi-bin qemu-block-extra qemu-system-x86 libvirt-daemon
   libvirt-daemon-driver-qemu libvirt-clients libvirt-dev busybox-static
-  # The lab cloud (tools/lab/cloud.py): RabbitMQ for Nova's services, a ceph-mgr
+  # The lab cloud (tools/lab/cloud.py): RabbitMQ and MariaDB for Nova's services, a ceph-mgr
   # (Nova's rbd image backend reads pool sizes from `ceph df`), and the tools that
   # make the bootable raw guest image (a syslinux FAT disk: tools/lab/boot_disk.py).
-  rabbitmq-server ceph-mgr syslinux syslinux-common mtools dosfstools
+  rabbitmq-server mariadb-server ceph-mgr syslinux syslinux-common mtools dosfstools
   # libnbd's Python bindings (not on PyPI): reading a LUN through qemu-nbd at hash
   # speed, to verify it.
   python3-libnbd libnbd-bin

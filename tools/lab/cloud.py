@@ -20,9 +20,11 @@ cloud-glance           Glance 33 behind Keystone: stores ``fs`` (local), ``ceph`
 cloud-libvirt          libvirtd + virtlogd (tools/lab/libvirt.py), TCG guests
 cloud-neutron-standin  NOT Neutron: the empty port listings Nova reads when it deletes
                        a server (tools/lab/neutron_standin.py says why)
-cloud-placement        Placement API (uWSGI), sqlite
+cloud-mariadb          MariaDB (Debian): the nova_api, nova_cell0, nova_cell1 and
+                       placement databases (sqlite failed under concurrent writers)
+cloud-placement        Placement API (uWSGI)
 cloud-nova-api         compute API (uWSGI, nova.wsgi.osapi_compute), cells v2
-cloud-nova-conductor   nova-conductor (sqlite api, cell0 and cell1 databases)
+cloud-nova-conductor   nova-conductor (cells v2: cell0 and cell1)
 cloud-nova-scheduler   nova-scheduler
 cloud-nova-compute     nova-compute, libvirt driver (virt_type qemu), the PATCHED Nova
                        with the handler chain on ([image_handlers] nova_integration)
@@ -51,7 +53,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -68,10 +69,11 @@ from .glance import GlanceService
 from .keystone import DOMAIN, REGION, SERVICE_PROJECT, KeystoneService, password_of
 from .libvirt import LibvirtService
 from .loopfs import LoopFsService, write_fs_marker
+from .mariadb import MariaDBService
 from .neutron_standin import NeutronStandinService
 from .nova_services import NOVA_VENV, NovaDaemon, UwsgiApp
 from .rabbitmq import RabbitMQService
-from .service import LAB_DIR, LOOPBACK, LabService, ServiceError, free_port, tail
+from .service import LOOPBACK, LabService, ServiceError, free_port, tail
 
 HOST = "lab-cloud"              # [DEFAULT] host of every Nova service
 FS_ID = "xfs-images"            # the shared mount's identity marker
@@ -86,7 +88,6 @@ COMPUTE_HANDLERS = {"rbd": ("rbd_clone", "stream_copy"),
 # Sparse: only what is written costs. Nova reports it as the host's DISK_GB for qcow2
 # disks (the 1 GiB flavor needs >= 1 GiB free); mkfs writes ~70 MiB.
 XFS_SIZE_MIB = 4096
-SQLITE_BUSY_SECONDS = 60
 DISCOVER_INTERVAL = 2            # [scheduler] discover_hosts_in_cells_interval
 
 
@@ -131,6 +132,7 @@ class CloudService(LabService):
         self.xfs = LoopFsService("xfs", name=p + "xfs", size_mib=XFS_SIZE_MIB, run_dir=rd)
         self.keystone = KeystoneService(name=p + "keystone", run_dir=rd)
         self.rabbit = RabbitMQService(name=p + "rabbitmq", run_dir=rd)
+        self.db = MariaDBService(name=p + "mariadb", run_dir=rd)
         self.libvirt = LibvirtService(name=p + "libvirt", run_dir=rd)
         self.neutron = NeutronStandinService(name=p + "neutron-standin", run_dir=rd)
         self.glance = GlanceService(
@@ -138,7 +140,7 @@ class CloudService(LabService):
             file_stores={"xfs": (self.xfs.mountpoint / "glance-images",
                                  {"id": FS_ID, "mountpoint": str(self.xfs.mountpoint)})})
         self._nova: dict[str, LabService] = {}
-        self._loosen_timeouts([self.ceph, self.ceph_mgr, self.keystone, self.rabbit,
+        self._loosen_timeouts([self.ceph, self.ceph_mgr, self.keystone, self.rabbit, self.db,
                                self.libvirt, self.neutron, self.glance])
 
     @staticmethod
@@ -162,10 +164,6 @@ class CloudService(LabService):
         return self.xfs.mountpoint / "instances"
 
     @property
-    def cell_db(self) -> Path:
-        return self.workdir / "db" / "nova_cell1.sqlite"
-
-    @property
     def compute_api(self) -> str:
         return f"http://{LOOPBACK}:{self.state['ports']['nova-api']}/v2.1"
 
@@ -176,7 +174,8 @@ class CloudService(LabService):
     def parts(self) -> list[LabService]:
         """Every service of the cloud, in start order."""
         self._nova_services()
-        return [self.ceph, self.ceph_mgr, self.xfs, self.keystone, self.rabbit, self.libvirt,
+        return [self.ceph, self.ceph_mgr, self.xfs, self.keystone, self.rabbit, self.db,
+                self.libvirt,
                 self.neutron, self.glance, *self._nova.values()]
 
     def _nova_services(self) -> dict[str, LabService]:
@@ -193,14 +192,14 @@ class CloudService(LabService):
                                  {"OS_NOVA_CONFIG_DIR": str(etc / "nova")},
                                  port=ports["nova-api"], processes=2, run_dir=rd),
             "nova-conductor": NovaDaemon("nova-conductor", [self.nova_conf_path],
-                                         self.cell_db, HOST, name=p + "nova-conductor",
+                                         self.cell_query, HOST, name=p + "nova-conductor",
                                          run_dir=rd),
             "nova-scheduler": NovaDaemon("nova-scheduler", [self.nova_conf_path],
-                                         self.cell_db, HOST, name=p + "nova-scheduler",
+                                         self.cell_query, HOST, name=p + "nova-scheduler",
                                          run_dir=rd),
             "nova-compute": NovaDaemon("nova-compute",
                                        [self.nova_conf_path, self.compute_conf_path],
-                                       self.cell_db, HOST, name=p + "nova-compute",
+                                       self.cell_query, HOST, name=p + "nova-compute",
                                        run_dir=rd),
         }
         self._loosen_timeouts(list(self._nova.values()))
@@ -241,7 +240,7 @@ class CloudService(LabService):
             self.instances_path.mkdir(exist_ok=True)
             timed("libvirt", self.libvirt.start)
 
-        with ThreadPoolExecutor(6) as pool:
+        with ThreadPoolExecutor(7) as pool:
             def ceph_then_mgr() -> None:
                 timed("ceph", self.ceph.start)
                 timed("ceph-mgr", self.ceph_mgr.start)
@@ -249,6 +248,7 @@ class CloudService(LabService):
             futures = [pool.submit(ceph_then_mgr),
                        pool.submit(timed, "keystone", self.keystone.start),
                        pool.submit(timed, "rabbitmq", self.rabbit.start),
+                       pool.submit(timed, "mariadb", self.db.start),
                        pool.submit(timed, "neutron-standin", self.neutron.start),
                        pool.submit(fs_then_libvirt),
                        pool.submit(timed, "boot-disk", BootDisk().build)]
@@ -361,8 +361,8 @@ class CloudService(LabService):
                                       "image_handlers=DEBUG,glanceclient=WARN",
             },
             "api": {"auth_strategy": "keystone"},
-            "api_database": {"connection": _sqlite_url(w / "db" / "nova_api.sqlite")},
-            "database": {"connection": _sqlite_url(self.cell_db)},
+            "api_database": {"connection": self.db.url("nova_api")},
+            "database": {"connection": self.db.url("nova_cell1")},
             "keystone_authtoken": {**nova, "www_authenticate_uri": ks.auth_url,
                                    "interface": "public"},
             "service_user": {"send_service_user_token": True, **nova},
@@ -411,7 +411,7 @@ class CloudService(LabService):
     def _configure(self) -> None:
         """nova.conf, nova-compute.conf, placement.conf, the databases, cells v2."""
         w = self.workdir
-        for sub in ("etc/nova", "etc/placement", "db", "state", "locks",
+        for sub in ("etc/nova", "etc/placement", "state", "locks",
                     "image-handlers-state"):
             (w / sub).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(NOVA_VENV / "etc" / "nova" / "api-paste.ini",
@@ -426,14 +426,12 @@ class CloudService(LabService):
         (w / "etc" / "placement" / "placement.conf").write_text(_conf_text({
             "DEFAULT": {"debug": self.debug},
             "api": {"auth_strategy": "keystone"},
-            "placement_database": {"connection": _sqlite_url(w / "db" / "placement.sqlite")},
+            "placement_database": {"connection": self.db.url("placement")},
             "keystone_authtoken": {**_password_auth(ks, PLACEMENT_USER, PLACEMENT_PASSWORD),
                                    "www_authenticate_uri": ks.auth_url,
                                    "interface": "public"},
         }, "Written by tools/lab/cloud.py: the lab cloud's Placement."))
         self._databases()
-        for f in sorted((w / "db").glob("*.sqlite")):
-            _wal_mode(f)
         self.save_state()
 
     def _ceph_secret(self, key: str) -> str:
@@ -455,52 +453,33 @@ class CloudService(LabService):
         return secret_uuid
 
     def _databases(self) -> None:
-        """placement-manage db sync; nova-manage api_db sync, cell_v2 map_cell0,
-        create_cell, db sync -- as devstack does. The synced schemas are cached per
-        Nova venv (the migrations cost ~20 s): a later start copies them and only
-        maps the cells (their rows name this run's paths)."""
-        db = self.workdir / "db"
-        stamp = _venv_stamp()
-        cache = LAB_DIR / "cache" / f"cloud-{stamp}"
-        files = ("placement.sqlite", "nova_api.sqlite", "nova_cell.sqlite")
-        if all((cache / f).exists() for f in files):
-            shutil.copyfile(cache / "placement.sqlite", db / "placement.sqlite")
-            shutil.copyfile(cache / "nova_api.sqlite", db / "nova_api.sqlite")
-            for cell in ("nova_cell0.sqlite", "nova_cell1.sqlite"):
-                shutil.copyfile(cache / "nova_cell.sqlite", db / cell)
+        """placement-manage db sync beside nova-manage api_db sync, cell_v2
+        map_cell0 and create_cell, db sync (cell0 and cell1) -- as devstack does,
+        on the cloud's MariaDB."""
+        self.db.create_databases("nova_api", "nova_cell0", "nova_cell1", "placement")
+        with ThreadPoolExecutor(2) as pool:
+            placement = pool.submit(
+                self._run, [NOVA_VENV / "bin" / "placement-manage", "--config-dir",
+                            self.workdir / "etc" / "placement", "db", "sync"],
+                "placement db sync")
+            self._manage("api_db", "sync")
             self._cells()
-            return
-        self._run([NOVA_VENV / "bin" / "placement-manage", "--config-dir",
-                   self.workdir / "etc" / "placement", "db", "sync"], "placement db sync")
-        self._manage("api_db", "sync")
-        self._cells()
-        self._manage("db", "sync")
-        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(db / "placement.sqlite", tmp / "placement.sqlite")
-        # The api schema without this run's cell mappings; a cell schema.
-        api = tmp / "nova_api.sqlite"
-        shutil.copyfile(db / "nova_api.sqlite", api)
-        con = sqlite3.connect(api)
-        with con:
-            con.execute("DELETE FROM cell_mappings")
-        con.close()
-        shutil.copyfile(db / "nova_cell1.sqlite", tmp / "nova_cell.sqlite")
-        if cache.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(cache)
+            self._manage("db", "sync")
+            placement.result()
+
+    def cell_query(self, select: str, database: str = "nova_cell1") -> list[list[str]]:
+        """Rows of one SELECT on a cloud database (the MariaDB client, batch mode)."""
+        out = self.db.sql_rows(select, database)
+        return out
 
     def _cells(self) -> None:
-        """cell0 and cell1 mapped at once (two nova-manage runs; sqlite serialises
-        their writes)."""
-        db = self.workdir / "db"
+        """cell0 and cell1 mapped at once (two nova-manage runs)."""
         with ThreadPoolExecutor(2) as pool:
             futures = [
                 pool.submit(self._manage, "cell_v2", "map_cell0", "--database_connection",
-                            _sqlite_url(db / "nova_cell0.sqlite")),
+                            self.db.url("nova_cell0")),
                 pool.submit(self._manage, "cell_v2", "create_cell", "--name", "cell1",
-                            "--database_connection", _sqlite_url(self.cell_db),
+                            "--database_connection", self.db.url("nova_cell1"),
                             "--transport-url", self.rabbit.transport_url)]
             for f in futures:
                 f.result()
@@ -508,18 +487,14 @@ class CloudService(LabService):
     def _wait_host_mapped(self, timeout: float = PART_START_TIMEOUT) -> None:
         """Until the scheduler's periodic discovery mapped the compute host into
         cell1 (host_mappings in the API database); boots before that find no host."""
-        api = self.workdir / "db" / "nova_api.sqlite"
         deadline = time.monotonic() + timeout
         while True:
-            con = sqlite3.connect(f"file:{api}?mode=ro", uri=True, timeout=5)
             try:
-                if con.execute("SELECT id FROM host_mappings WHERE host = ?",
-                               (HOST,)).fetchone():
+                if self.cell_query(f"SELECT id FROM host_mappings WHERE host = '{HOST}'",
+                                   "nova_api"):
                     return
-            except sqlite3.Error:
+            except ServiceError:
                 pass
-            finally:
-                con.close()
             if time.monotonic() > deadline:
                 raise ServiceError(f"{self.name}: compute host {HOST} not mapped to a "
                                    f"cell after {timeout:.0f} s (nova-scheduler's "
@@ -651,30 +626,3 @@ class CloudService(LabService):
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "parts": [s.name for s in self.parts()]}
-
-
-def _sqlite_url(path: Path) -> str:
-    """An oslo.db URL for one of the cloud's sqlite files. A dozen processes write
-    them (API workers, conductor, scheduler, Placement): a writer waits up to
-    SQLITE_BUSY_SECONDS for the lock (pysqlite's default, 5 s, failed builds with
-    "database is locked" on a loaded machine); the files are in WAL mode
-    (_wal_mode), so readers never wait for a writer. devstack uses MySQL instead."""
-    return f"sqlite:///{path}?timeout={SQLITE_BUSY_SECONDS}"
-
-
-def _wal_mode(path: Path) -> None:
-    """Switch a sqlite file to write-ahead logging (kept in the file)."""
-    con = sqlite3.connect(path)
-    try:
-        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    finally:
-        con.close()
-    if mode.lower() != "wal":
-        raise ServiceError(f"{path}: journal_mode is {mode}, not wal")
-
-
-def _venv_stamp() -> str:
-    try:
-        return (LAB_DIR / "stamps" / "nova-patched").read_text().strip()[:16] or "x"
-    except OSError:
-        return str(int((NOVA_VENV / "pyvenv.cfg").stat().st_mtime))

@@ -17,12 +17,13 @@ image_handlers installed: tools/install-deps.sh), as devstack runs them:
   restarted service does not count); nova-compute when its compute node row is
   there too (the resource tracker ran, so discover_hosts can map it).
 
-Stdlib only at import time (sqlite3 reads the cell database).
+Stdlib only at import time (the health checks read the cell database through the
+caller's query function: the cloud's MariaDB client).
 """
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -95,13 +96,15 @@ class NovaDaemon(LabService):
     # stop() removes the service's dir anyway: no graceful drain (SIGKILL after 2 s).
     stop_timeout: ClassVar[float] = 2.0
 
-    def __init__(self, binary: str, config_files: list[Path], cell_db: Path, host: str,
+    def __init__(self, binary: str, config_files: list[Path],
+                 cell_query: Callable[[str], list[list[str]]], host: str,
                  *, run_dir: Path | None = None, name: str | None = None) -> None:
-        """binary: nova-conductor, nova-scheduler or nova-compute. cell_db: the cell
-        database (sqlite file) the health check reads. host: [DEFAULT] host."""
+        """binary: nova-conductor, nova-scheduler or nova-compute. cell_query: runs
+        one SELECT on the cell database, returns its rows (the health check's
+        reads). host: [DEFAULT] host."""
         super().__init__(run_dir, name=name or binary)
         self.binary, self.config_files = binary, list(config_files)
-        self.cell_db, self.host = cell_db, host
+        self.cell_query, self.host = cell_query, host
 
     def prepare(self) -> None:
         exe = NOVA_VENV / "bin" / self.binary
@@ -117,18 +120,12 @@ class NovaDaemon(LabService):
     def _report_count(self) -> int | None:
         """The services row's report_count, or None (no row, no database yet)."""
         try:
-            db = sqlite3.connect(f"file:{self.cell_db}?mode=ro", uri=True, timeout=5)
-        except sqlite3.Error:
+            rows = self.cell_query(
+                "SELECT report_count FROM services WHERE host = '%s' AND `binary` = '%s' "
+                "AND deleted = 0" % (self.host, self.binary))
+        except ServiceError:
             return None
-        try:
-            row = db.execute("SELECT report_count FROM services WHERE host = ? AND "
-                             "binary = ? AND deleted = 0", (self.host, self.binary)
-                             ).fetchone()
-            return None if row is None else int(row[0])
-        except sqlite3.Error:
-            return None
-        finally:
-            db.close()
+        return int(rows[0][0]) if rows else None
 
     def command(self) -> list[str]:
         argv = [str(NOVA_VENV / "bin" / self.binary)]
@@ -151,13 +148,7 @@ class NovaDaemon(LabService):
         if self.binary != "nova-compute":
             return True
         try:
-            db = sqlite3.connect(f"file:{self.cell_db}?mode=ro", uri=True, timeout=5)
-        except sqlite3.Error:
+            return bool(self.cell_query("SELECT id FROM compute_nodes WHERE host = '%s' "
+                                        "AND deleted = 0" % self.host))
+        except ServiceError:
             return False
-        try:
-            return bool(db.execute("SELECT id FROM compute_nodes WHERE host = ? AND "
-                                   "deleted = 0", (self.host,)).fetchall())
-        except sqlite3.Error:
-            return False
-        finally:
-            db.close()
