@@ -304,8 +304,11 @@ def test_cancel_keeps_the_partial_for_a_later_resume(servers, options, image,
 
 def test_bandwidth_limited_copy_still_verifies(servers, options, image, tmp_path):
     server = servers(image)
-    """4 MiB/s with a one-second burst for a ~6 MiB image: the limiter must hold
-    the copy back (by its own account, not a wall clock), and it still verifies."""
+    """4 MiB/s with a one-second burst for a ~6 MiB image: the limiter holds the
+    copy back (by its own account, not a wall clock), and it still verifies. How
+    long it sleeps depends on how fast this machine reads (time spent reading is
+    time the bucket refills), so only "it slept" is asserted here; the limiter's
+    arithmetic is tested with a fake clock (test_ratelimit, test_host_bucket)."""
     assert len(image) > 5 * MiB
     # No checkpoint within the image: time the writer spends waiting for a slow
     # checkpoint sync (engine back-pressure) would count against the limiter's own.
@@ -314,7 +317,7 @@ def test_bandwidth_limited_copy_still_verifies(servers, options, image, tmp_path
     result = copy(server.url, str(tmp_path / 'disk'), checksum=sha512(image),
                   options=opts).wait(60)
     assert result.size == len(image)
-    assert result.throttled_seconds >= (len(image) - 4 * MiB) / (4 * MiB) * 0.9
+    assert result.throttled_seconds > 0
     with open(tmp_path / 'disk', 'rb') as f:
         assert f.read() == image
 
