@@ -82,7 +82,9 @@ class KeystoneService(LabService):
     ``register_endpoint()``, ``project_id()``, ``user_id()``."""
 
     name: ClassVar[str] = "keystone"
-    start_timeout: ClassVar[float] = 30.0
+    # ~3 s idle; its saml2/xmlschema imports took more than 30 s at load 10 (helpers
+    # running labs in parallel), and a lab that fails to start fails whole suites.
+    start_timeout: ClassVar[float] = 120.0
     stop_timeout: ClassVar[float] = 2.0  # stop() deletes everything anyway
 
     def __init__(self, port: int | None = None, *, venv: Path | None = None,
