@@ -32,12 +32,13 @@ cloud-nova-compute     nova-compute, libvirt driver (virt_type qemu), the PATCHE
 
 One compute host; its image backend is switchable (``set_images_type``): ``rbd``
 (root disks in pool vms: rbd_clone clones the image's snapshot) or ``qcow2`` (files
-under instances_path on the XFS mount: shared_fs reflinks Glance's file into
-``_base``, the disk is Nova's qcow2 overlay on it). Switching restarts nova-compute
-only (~5 s); Nova has one ``images_type`` per compute, and a second compute on the
-same machine would report the same hypervisor hostname.
+under instances_path on the XFS mount: shared_fs makes the instance disk a qcow2
+overlay on a pin, a hard link of Glance's file, nothing copied). Switching restarts
+nova-compute only (4-15 s, until the new process reported its state); Nova has one
+``images_type`` per compute, and a second compute on the same machine would report
+the same hypervisor hostname (libvirt's) and clash in Placement.
 
-    cloud = CloudService().start()      # ~40 s cold (see state["timings"])
+    cloud = CloudService().start()      # ~70 s on a quiet machine, ~2 min at load 10
     cloud.tempest_conf(path)            # tempest.conf for this cloud
     cloud.set_images_type("qcow2")
     cloud.stop()
