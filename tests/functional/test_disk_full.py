@@ -1,8 +1,8 @@
 """A full disk, on real small file systems (ext4 and XFS on loop devices, the lab's
 LoopFsService), with the real ``image-handlers`` command and the lab's nginx.
 
-What an operator wants from a copy that does not fit (doc/reliability-kill-and-
-disk-full.rst says why): a refusal BEFORE anything is written when the free space
+What an operator wants from a copy that does not fit (doc/reliability.rst,
+"A full disk", says why): a refusal BEFORE anything is written when the free space
 is below what the rest of the image may need (its size less what a partial already
 holds, holes unknown until read), naming the file system, the bytes needed and
 free, and what to do; nothing published; a resumable partial kept untouched, an

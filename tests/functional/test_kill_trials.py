@@ -9,7 +9,7 @@ regression tests of what the full run (50 per kind) found:
   fetched again: with a partial, direct locations now go first among equals;
 
 The slow-disk back-pressure of checkpoints is tested in tests/copy/
-test_checkpoint_lag.py. doc/reliability-kill-and-disk-full.rst reports the full run.
+test_checkpoint_lag.py. doc/reliability.rst ("kill -9 at random points") reports the full run.
 """
 from __future__ import annotations
 
