@@ -1,11 +1,8 @@
 """http(s) locations (Glance's http store) served by the lab's nginx."""
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
-
-import pytest
 
 from tests.copy.helpers import kill_9_at_checkpoint
 from tests.functional.conftest import VENV_BIN, image_bytes
