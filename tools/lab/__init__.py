@@ -8,7 +8,7 @@ by the project itself (tests, demos, benchmarks). Stdlib only at import time.
 
 CLI: ``python -m tools.lab start glance | stop [all] | status | env``
 (services: ceph, xfs, btrfs, ext4, gluster, keystone, barbican, glance, nginx, tgt,
-libvirt). Keystone and Barbican: ``KeystoneService``, ``BarbicanService(keystone)``;
+libvirt, cloud). Keystone and Barbican: ``KeystoneService``, ``BarbicanService(keystone)``;
 ``GlanceService(keystone=...)`` puts Glance behind that Keystone.
 """
 
@@ -48,8 +48,8 @@ SERVICES: dict[str, Callable[[], LabService]] = {
     "cloud": CloudService,
 }
 
-__all__ = ["BarbicanService", "CephService", "GlanceService", "GlusterService",
-           "KeystoneService", "LoopFsService", "NginxService", "nova_conf_keystone",
-           "nova_conf_keystone_dict",
+__all__ = ["BarbicanService", "CephService", "CloudService", "GlanceService",
+           "GlusterService", "KeystoneService", "LibvirtService", "LoopFsService",
+           "NginxService", "TgtService", "nova_conf_keystone", "nova_conf_keystone_dict",
            "LabService", "ServiceError", "SERVICES", "LAB_DIR", "REPO_ROOT", "RUN_DIR",
            "read_fs_marker", "write_fs_marker"]
