@@ -49,10 +49,11 @@ def squid():
     svc.stop()
 
 
-def _gets(nginx_lab, url: str) -> int:
+def _origin_gets(nginx_lab, url: str) -> list[str]:
+    """nginx's access-log lines of GETs of ``url`` (the origin's own count)."""
     path = '/' + url.split('/', 3)[3]
     lines = (nginx_lab.workdir / 'access.log').read_text().splitlines()
-    return sum(f'GET {path} ' in line for line in lines)
+    return [line for line in lines if f'GET {path} ' in line]
 
 
 def _logged(squid, url: str, count: int) -> list[str]:
@@ -89,15 +90,21 @@ def test_cache_route_per_host_group_is_ranked_first_and_shared(
     assert _stream_copy(plan.json) == [(via, 'eligible'), (url, 'eligible')], plan
     assert 'rack2' not in plan.out          # not this host's group
 
+    origin_gets = []
     for name in ('rack1-n1', 'rack1-n2'):
         got = cli('fetch', image_id, str(tmp_path / f'{name}.disk'), '--config-file',
                   host_conf(name), '--json')
         assert got.rc == 0, got
         assert got.json['location'] == via, got
         assert (tmp_path / f'{name}.disk').read_bytes() == data
-    assert _gets(nginx_lab, url) == 1       # the second copy was the cache's
-    served = _logged(squid, url, 2)        # squid logs a request once it has ended
-    assert len(served) == 2 and 'HIER_NONE' in served[1], served
+        origin_gets.append(_origin_gets(nginx_lab, url))
+    # The first host's copy filled the cache (one GET at the origin when nothing
+    # was retried; a retried read on a loaded machine may make squid ask again);
+    # the second host's copy is the cache's alone: no origin request at all.
+    assert origin_gets[0], origin_gets
+    assert origin_gets[1] == origin_gets[0], origin_gets
+    served = _logged(squid, url, len(origin_gets[0]) + 1)  # logged once ended
+    assert 'HIER_NONE' in served[-1], served
 
 
 def test_direct_no_keeps_the_fleet_off_the_origin(http_image, nova_conf, cli, squid,
