@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from .keystone import DOMAIN, IDENTITY_VENV, SERVICE_PROJECT, _venv_stamp, password_of
 from .service import (LAB_DIR, LOOPBACK, LabService, ServiceError, free_port, http_ok,
-                      port_open)
+                      port_open, state_port)
 
 PASTE_INI = """\
 # Written by tools/lab/barbican.py: Barbican's shipped pipelines, Keystone auth only.
@@ -113,11 +113,7 @@ class BarbicanService(LabService):
         return self.keystone
 
     # -- where things are -------------------------------------------------------
-    @property
-    def port(self) -> int:
-        if "port" not in self.state:
-            raise ServiceError(f"{self.name}: not started (no port in state)")
-        return int(self.state["port"])
+    port = property(state_port)
 
     @property
     def endpoint(self) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .service import (LAB_DIR, LOOPBACK, LabService, ServiceError, free_port, http_ok,
-                      port_open)
+                      port_open, state_port)
 
 GLANCE_VENV = LAB_DIR / "venv-glance"
 LAB_PKG_DIR = Path(__file__).resolve().parent
@@ -138,11 +138,7 @@ class GlanceService(LabService):
         self.catalog = catalog
 
     # -- where things are -------------------------------------------------------
-    @property
-    def port(self) -> int:
-        if "port" not in self.state:
-            raise ServiceError("glance: not started (no port in state)")
-        return int(self.state["port"])
+    port = property(state_port)
 
     @property
     def endpoint(self) -> str:

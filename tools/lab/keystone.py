@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .service import (LAB_DIR, LOOPBACK, LabService, ServiceError, free_port, http_ok,
-                      port_open)
+                      port_open, state_port)
 
 IDENTITY_VENV = LAB_DIR / "venv-identity"
 REGION = "RegionOne"
@@ -100,11 +100,7 @@ class KeystoneService(LabService):
         self._admin_token: str | None = None
 
     # -- where things are -------------------------------------------------------
-    @property
-    def port(self) -> int:
-        if "port" not in self.state:
-            raise ServiceError(f"{self.name}: not started (no port in state)")
-        return int(self.state["port"])
+    port = property(state_port)
 
     @property
     def endpoint(self) -> str:

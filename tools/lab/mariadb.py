@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
-from .service import LOOPBACK, LabService, ServiceError, free_port, port_open
+from .service import LOOPBACK, LabService, ServiceError, free_port, port_open, state_port
 
 MARIADBD = "/usr/sbin/mariadbd"
 INSTALL_DB = "/usr/bin/mariadb-install-db"
@@ -41,11 +41,7 @@ class MariaDBService(LabService):
     def __init__(self, name: str | None = None, run_dir: Path | None = None) -> None:
         super().__init__(run_dir, name=name)
 
-    @property
-    def port(self) -> int:
-        if "port" not in self.state:
-            raise ServiceError(f"{self.name}: not started (no port in state)")
-        return int(self.state["port"])
+    port = property(state_port)
 
     @property
     def socket_path(self) -> Path:

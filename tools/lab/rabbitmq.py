@@ -23,7 +23,7 @@ import secrets
 from pathlib import Path
 from typing import ClassVar
 
-from .service import LOOPBACK, LabService, ServiceError, free_port, port_open
+from .service import LOOPBACK, LabService, ServiceError, free_port, port_open, state_port
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 EPMD = "/usr/bin/epmd"
@@ -39,11 +39,7 @@ class RabbitMQService(LabService):
     def __init__(self, name: str | None = None, run_dir: Path | None = None) -> None:
         super().__init__(run_dir, name=name)
 
-    @property
-    def port(self) -> int:
-        if "port" not in self.state:
-            raise ServiceError(f"{self.name}: not started (no port in state)")
-        return int(self.state["port"])
+    port = property(state_port)
 
     @property
     def transport_url(self) -> str:

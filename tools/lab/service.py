@@ -54,6 +54,14 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def state_port(svc: "LabService") -> int:
+    """The port a started service recorded in its state; services that keep their
+    port there say ``port = property(state_port)``."""
+    if "port" not in svc.state:
+        raise ServiceError(f"{svc.name}: not started (no port in state)")
+    return int(svc.state["port"])
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     """True when url answers 2xx (proxies bypassed: the lab is loopback only)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -54,7 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .service import LOOPBACK, LabService, ServiceError, free_port, group_members, port_open
+from .service import (LOOPBACK, LabService, ServiceError, free_port, group_members,
+                      port_open, state_port)
 
 TGTD = "/usr/sbin/tgtd"
 TGTADM = "/usr/sbin/tgtadm"
@@ -124,11 +125,7 @@ class TgtService(LabService):
         super().__init__(run_dir, name=name)
 
     # -- where things are -------------------------------------------------------------
-    @property
-    def port(self) -> int:
-        if "port" not in self.state:
-            raise ServiceError(f"{self.name}: not started (no port in state)")
-        return int(self.state["port"])
+    port = property(state_port)
 
     @property
     def control_port(self) -> int:
