@@ -86,6 +86,22 @@ def _cmdline(pid: int) -> list[str]:
     return raw.decode("utf-8", "replace").split("\0")[:-1]
 
 
+def volume_processes(brick_dir: Path, mountpoint: Path) -> dict[str, list[tuple[int, list[str]]]]:
+    """Live brick and FUSE client processes of one volume, found by argv: the brick
+    names its brick dir (``--brick-name``), the client ends with the mount point."""
+    found: dict[str, list[tuple[int, list[str]]]] = {"brick": [], "fuse": []}
+    brick, mnt = str(brick_dir), str(mountpoint)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or not alive(int(entry.name)):
+            continue
+        argv = _cmdline(int(entry.name))
+        if "--brick-name" in argv[:-1] and argv[argv.index("--brick-name") + 1] == brick:
+            found["brick"].append((int(entry.name), argv))
+        elif argv and argv[-1] == mnt and "fuse" in argv:
+            found["fuse"].append((int(entry.name), argv))
+    return found
+
+
 class GlusterService(LabService):
     """glusterd + a one-brick volume mounted at ``mountpoint`` (``volume``, ``host``)."""
 
@@ -233,19 +249,8 @@ end-volume
         return self
 
     def _volume_processes(self) -> dict[str, list[tuple[int, list[str]]]]:
-        """Live brick and FUSE client processes of this instance, found by argv: the
-        brick names our brick dir (``--brick-name``), the client ends with our mount."""
-        found: dict[str, list[tuple[int, list[str]]]] = {"brick": [], "fuse": []}
-        brick, mnt = str(self.brick_dir), str(self.mountpoint)
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or not alive(int(entry.name)):
-                continue
-            argv = _cmdline(int(entry.name))
-            if "--brick-name" in argv[:-1] and argv[argv.index("--brick-name") + 1] == brick:
-                found["brick"].append((int(entry.name), argv))
-            elif argv and argv[-1] == mnt and "fuse" in argv:
-                found["fuse"].append((int(entry.name), argv))
-        return found
+        """Live brick and FUSE client processes of this instance."""
+        return volume_processes(self.brick_dir, self.mountpoint)
 
     def _own_volume_processes(self, need: tuple[str, ...] = ()) -> None:
         """Record brick and FUSE client (own_pid) and the brick's socket in

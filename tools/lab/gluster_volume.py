@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import mounts
-from .gluster import MOUNT, GlusterService, _cmdline
+from .gluster import MOUNT, GlusterService, volume_processes
 from .service import LabService, ServiceError, alive
 
 
@@ -81,18 +81,8 @@ class GlusterVolume(LabService):
         self._own_processes()
 
     def _processes(self) -> dict[str, list[tuple[int, list[str]]]]:
-        """Live brick and FUSE client of this volume, found by argv."""
-        found: dict[str, list[tuple[int, list[str]]]] = {"brick": [], "fuse": []}
-        brick, mnt = str(self.brick_dir), str(self.mountpoint)
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or not alive(int(entry.name)):
-                continue
-            argv = _cmdline(int(entry.name))
-            if "--brick-name" in argv[:-1] and argv[argv.index("--brick-name") + 1] == brick:
-                found["brick"].append((int(entry.name), argv))
-            elif argv and argv[-1] == mnt and "fuse" in argv:
-                found["fuse"].append((int(entry.name), argv))
-        return found
+        """Live brick and FUSE client of this volume."""
+        return volume_processes(self.brick_dir, self.mountpoint)
 
     def _own_processes(self) -> None:
         known = {int(p) for p, _ in self._owned("owned_pids")}
