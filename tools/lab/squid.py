@@ -109,7 +109,7 @@ collapsed_forwarding on
 range_offset_limit none
 quick_abort_min -1 KB
 read_ahead_gap 64 MB
-refresh_pattern . 60 100% 1440
+refresh_pattern . 60 100% 1440 override-lastmod
 acl localnet src 127.0.0.0/8 10.0.0.0/8
 http_access allow localnet
 http_access deny all
