@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import random
+import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -56,10 +58,23 @@ class ImageSource(Protocol):
     # /v2/info/stores, 'import': GET /v2/info/import}.
 
 
+# Waits between retries of a failed Glance call: doubling from RETRY_DELAY up to
+# RETRY_DELAY_MAX, each with +-25 % jitter so the hosts that lost Glance at the same
+# moment do not all come back at the same moment (Nova's own client sleeps 1 s flat).
+RETRY_DELAY = 0.5
+RETRY_DELAY_MAX = 8.0
+
+
+def retry_delay(attempt: int, rand: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (0-based)."""
+    base = min(RETRY_DELAY_MAX, RETRY_DELAY * (2 ** attempt))
+    return base * (rand or random).uniform(0.75, 1.25)
+
+
 class GlanceReader:
     """Image records, locations and the data endpoint of one Glance."""
 
-    def __init__(self, conf: cfg.ConfigOpts):
+    def __init__(self, conf: cfg.ConfigOpts, sleep=time.sleep):
         group = ih_conf.GLANCE_GROUP
         self._auth = ks_loading.load_auth_from_conf_options(conf, group)
         self._session = ks_loading.load_session_from_conf_options(
@@ -67,6 +82,7 @@ class GlanceReader:
         self._adapter = ks_loading.load_adapter_from_conf_options(
             conf, group, session=self._session, auth=self._auth)
         self._retries = conf[group].num_retries
+        self._sleep = sleep
         self._endpoint: str | None = None
         self._client = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -194,6 +210,8 @@ class GlanceReader:
                 last = exc
                 LOG.warning('Glance call for %s failed (attempt %d of %d): %s',
                             what, attempt + 1, self._retries + 1, exc)
+                if attempt < self._retries:
+                    self._sleep(retry_delay(attempt))
         who = f'Glance at {self.endpoint}'
         auth_url = getattr(self._auth, 'auth_url', None)
         if auth_url and isinstance(last, (ks_exc.ConnectFailure, ks_exc.ConnectTimeout)) \
