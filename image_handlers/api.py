@@ -108,15 +108,22 @@ def cleanup(conf: cfg.ConfigOpts, directories: list[str] | None = None,
     """Remove partial copies nobody will resume (``image_handlers.cleanup``): the
     image is gone from Glance (asked with nova.conf's [glance]; unknown when Glance
     cannot be asked), or not resumed for ``older_than`` seconds (default
-    ``partial_max_age``). Returns the Sweep."""
+    ``partial_max_age``); and what the enabled handlers' failed requests left
+    elsewhere (rbd_clone's partial clones). Returns the Sweep."""
     from image_handlers import cleanup as sweeper
+    from image_handlers.chain import load_handlers
+    from image_handlers.handlers.base import Handler
     group = conf[ih_conf.GROUP]
     dirs = list(directories or group.cleanup_dirs)
-    if not dirs:
+    sweeping = [h for h in load_handlers(conf, list(group.handlers))
+                if type(h).leftovers is not Handler.leftovers]
+    if not dirs and not sweeping:
         raise exceptions.BadInput(
             'no directory to clean: name them (image-handlers cleanup DIR ...) or '
             'set [image_handlers] cleanup_dirs')
     max_age = (sweeper.max_age_of(group.partial_max_age) if older_than is None
                else max(0.0, older_than))
-    return sweeper.sweep(dirs, sweeper.glance_asker(conf), max_age, dry_run,
-                         lock_dir=copy_options(group).lock_dir)
+    done = (sweeper.sweep(dirs, sweeper.glance_asker(conf), max_age, dry_run,
+                          lock_dir=copy_options(group).lock_dir)
+            if dirs else sweeper.Sweep([], dry_run))
+    return sweeper.sweep_handlers(done, sweeping)

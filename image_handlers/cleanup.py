@@ -30,6 +30,7 @@ LOG = logging.getLogger(__name__)
 
 PART = '.part'
 GONE, OLD, HELD, KEPT = 'image gone', 'too old', 'held', 'kept'
+ABANDONED = 'abandoned'     # a partial no request works on and none resumes (RBD)
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ class Leftover:
 
     @property
     def removed(self) -> bool:
-        return self.outcome in (GONE, OLD)
+        return self.outcome in (GONE, OLD, ABANDONED)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {'removed': self.removed}
@@ -53,6 +54,7 @@ class Leftover:
 class Sweep:
     leftovers: list[Leftover]
     dry_run: bool = False
+    errors: list[str] = dataclasses.field(default_factory=list)  # what was not swept
 
     @property
     def removed(self) -> list[Leftover]:
@@ -64,7 +66,7 @@ class Sweep:
 
     def to_dict(self) -> dict:
         return {'dry_run': self.dry_run, 'removed': len(self.removed),
-                'freed_bytes': self.freed,
+                'freed_bytes': self.freed, 'errors': list(self.errors),
                 'leftovers': [l.to_dict() for l in self.leftovers]}
 
 
@@ -87,6 +89,20 @@ def sweep(directories: Iterable[str], image_gone: ImageGone | None,
             LOG.info('%s %s (%d bytes): %s', 'would remove' if dry_run else 'removed',
                      leftover.partial, leftover.size, leftover.reason)
     return Sweep(found, dry_run)
+
+
+def sweep_handlers(done: Sweep, handlers: Iterable[Any]) -> Sweep:
+    """Add what each handler's failed requests left elsewhere (``leftovers()``:
+    an RBD partial clone). A handler that cannot look (its cluster is down) is an
+    error in ``done.errors``, not a silent nothing, and the others still run."""
+    for handler in handlers:
+        try:
+            done.leftovers.extend(handler.leftovers(done.dry_run))
+        except exceptions.ImageHandlerError as exc:
+            LOG.warning('cleanup: %s could not look for its leftovers: %s',
+                        handler.name, exc)
+            done.errors.append(f'{handler.name}: {exc}')
+    return done
 
 
 def _targets(directory: str) -> list[str]:

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='installed handlers and the enabled order per hypervisor')
     p = sub.add_parser('cleanup', parents=[common],
                        help='remove partial copies nobody will resume (image gone, '
-                            'or older than partial_max_age); never a running one')
+                            'or older than partial_max_age) and partial RBD clones '
+                            'no request works on; never a running one')
     p.add_argument('directories', nargs='*', metavar='DIR',
                    help='where the partials are (default: [image_handlers] '
                         'cleanup_dirs)')
@@ -275,7 +276,7 @@ def _cleanup(conf, args) -> int:
     done = api.cleanup(conf, args.directories, args.older_than, args.dry_run)
     if args.json:
         print(json.dumps(done.to_dict(), indent=2))
-        return EXIT_OK
+        return EXIT_NO_HANDLER if done.errors else EXIT_OK
     verb = 'would remove' if done.dry_run else 'removed'
     for leftover in done.leftovers:
         what = verb if leftover.removed else leftover.outcome
@@ -283,7 +284,9 @@ def _cleanup(conf, args) -> int:
               f'{leftover.age:.0f} s old): {leftover.reason}')
     print(f'{verb} {len(done.removed)} partial cop{"y" if len(done.removed) == 1 else "ies"}'
           f', {done.freed} bytes; {len(done.leftovers) - len(done.removed)} kept')
-    return EXIT_OK
+    for error in done.errors:
+        print(f'image-handlers: not swept: {error}', file=sys.stderr)
+    return EXIT_NO_HANDLER if done.errors else EXIT_OK
 
 
 _COMMANDS = {'fetch': _fetch, 'explain': _explain, 'copy': _copy,

@@ -129,6 +129,12 @@ class Handler(abc.ABC):
         done, or None when nothing needs doing ahead of a disk (the default)."""
         return None
 
+    def leftovers(self, dry_run: bool = False) -> list:
+        """What this handler's failed requests left outside the directories the
+        copy partials are swept in (an RBD partial clone), as cleanup.Leftover, each
+        removed unless still in use or ``dry_run``. None by default."""
+        return []
+
     @abc.abstractmethod
     def act(self, request: Request, location: Location, decision: Decision) -> Provided:
         """Provide the image at the target; raise with a clear message on failure,

@@ -33,6 +33,7 @@ from image_handlers.locations import Location, RbdLocation
 from image_handlers.rbd import claims
 from image_handlers.rbd import cluster as rbd_cluster
 from image_handlers.rbd import options as rbd_options
+from image_handlers.rbd import partials as rbd_partials
 from image_handlers.results import RAW, RBD_PARENT, Dependency, Provided
 from image_handlers.targets import RBD, RbdTarget
 from image_handlers.trust.digest import DigestPass, feed_stream
@@ -42,7 +43,7 @@ LOG = logging.getLogger(__name__)
 
 RAW_FORMATS = ('raw',)
 VERIFY_BUFFER = 8 << 20
-PARTIAL_SUFFIX = '.image_handlers-partial'
+PARTIAL_SUFFIX = rbd_partials.SUFFIX
 STALE_WATCH_GRACE = 35.0    # Ceph's osd_client_watch_timeout (30 s), and a margin
 
 
@@ -314,6 +315,14 @@ class RbdCloneHandler(Handler):
             return (f'the partial clone {where} could not be removed ({exc}): the next '
                     f'request for this disk removes it')
         return f'the partial clone {where} was removed'
+
+    def leftovers(self, dry_run: bool = False) -> list:
+        """Partial clones failed requests left in the target pools (rbd/partials)."""
+        try:
+            cluster = rbd_cluster.get_cluster(self.settings)
+        except rbd_cluster.ClusterUnavailable as exc:
+            raise exceptions.SourceError(f'rbd_clone: {exc}') from exc
+        return rbd_partials.sweep(cluster, self.target_pools, dry_run)
 
     def prepare(self, request: Request, location: Location,
                 decision: Decision) -> str | None:

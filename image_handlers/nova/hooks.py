@@ -205,7 +205,8 @@ def cache_manager_pass(context, base_dir: str) -> None:
     """Nova's image cache manager pass (``ImageCacheManager.update``) ends here:
     partial copies in its ``_base`` directory that nobody will resume are removed
     (the image is gone from Glance, or not resumed for ``partial_max_age``), never
-    one a running copy holds, and the pass's log says what went. The pass runs
+    one a running copy holds, and so are the enabled handlers' other leftovers
+    (partial RBD clones no request works on); the pass's log says what went. The pass runs
     with an admin context that may carry no token: when Glance cannot be asked,
     only the age rule removes anything."""
     if not enabled():
@@ -222,7 +223,13 @@ def cache_manager_pass(context, base_dir: str) -> None:
     except exceptions.ImageHandlerError as exc:
         LOG.warning('image_handlers: could not clean partial copies in %s: %s',
                     base_dir, exc)
-        return
+        done = cleanup.Sweep([])
+    # And what failed requests left outside _base (rbd_clone's partial clones):
+    # a handler that cannot look says so in its own warning.
+    try:
+        cleanup.sweep_handlers(done, chain().handlers)
+    except exceptions.ImageHandlerError as exc:     # handlers do not load
+        LOG.warning('image_handlers: could not look for leftovers: %s', exc)
     if done.leftovers:
         LOG.info('image_handlers: partial copies in %s: %d removed (%d bytes), %d '
                  'kept%s', base_dir, len(done.removed), done.freed,

@@ -150,3 +150,30 @@ def test_the_image_cache_manager_pass_removes_partials_nobody_will_resume(
     assert os.path.exists(partials[live].partial)
     assert 'partial copies in' in caplog.text and '1 removed' in caplog.text
     assert f'image {deleted} no longer exists in Glance' in caplog.text
+
+
+def test_the_image_cache_manager_pass_removes_partial_rbd_clones_no_request_works_on(
+        nova_env, alice, rbd_admin, caplog, monkeypatch, tmp_path):
+    """On an RBD host the same pass looks in the target pool (vms) for partial
+    clones failed requests left (rbd/partials): one made a moment ago is kept for
+    its request; past MIN_AGE (set to 0 here instead of waiting a minute) and
+    with nobody holding it open, it goes, and the pass's log names it."""
+    from image_handlers.nova import hooks
+    from image_handlers.rbd import partials
+    nova_env(image_handlers={'handlers': ['rbd_clone', 'stream_copy']})
+    name = f'disk-{os.urandom(4).hex()}{partials.SUFFIX}'
+    caplog.set_level(logging.INFO)
+    with rbd_admin.open_ioctx('vms') as ioctx:
+        rbd.RBD().create(ioctx, name, 1 * MiB)
+        try:
+            hooks.cache_manager_pass(alice, str(tmp_path / '_base'))
+            assert f'rbd:vms/{name}: made' in caplog.text, caplog.text
+            assert name in rbd.RBD().list(ioctx)
+            caplog.clear()
+            monkeypatch.setattr(partials, 'MIN_AGE', 0.0)
+            hooks.cache_manager_pass(alice, str(tmp_path / '_base'))
+            assert name not in rbd.RBD().list(ioctx)
+            assert f'rbd:vms/{name}: a clone no request is working on' in caplog.text
+        finally:
+            with contextlib.suppress(rbd.ImageNotFound):
+                rbd.RBD().remove(ioctx, name)
