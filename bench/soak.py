@@ -1,11 +1,11 @@
 """Load and soak (issue 11): bounded in count and time, loopback only.
 
     IH_LAB_RUN_DIR=DIR .venv/bin/python -m bench.soak [--requests 16] [--images 16]
-        [--image-mib 8] [--limit-mib 16] [--limit-image-mib 32] [--clones 1000]
-        [--explains 200] [--json F]
+        [--image-mib 8] [--limit-mib 16] [--limit-image-mib 32] [--mix-copies 2]
+        [--mix-fills 2] [--clones 1000] [--explains 200] [--json F]
 
 Starts (and stops) its own lab under IH_LAB_RUN_DIR: Ceph, a Glance with an rbd
-store, nginx. Four runs, each through the real handler chain:
+store, nginx, tgtd. Four runs, each through the real handler chain:
 
 1. one image, R requests at once, R disks: R threads sharing one HandlerChain (as
    nova-compute's thread pool does), then R ``image-handlers fetch`` processes.
@@ -17,7 +17,9 @@ store, nginx. Four runs, each through the real handler chain:
 2. I images at once (half in threads, half in processes) under
    ``bandwidth_limit``: the bytes the source served (a relay in front of nginx
    counts them and notes when the first request arrived) must stay within
-   limit x elapsed + one burst + one read slice per copy.
+   limit x elapsed + one burst + one read slice per copy. Then the same limit
+   over a mix: stream_copy copies (threads) and iscsi_cor lun_fill jobs (detached
+   workers) at once, the fills' bytes counted by tgtd itself (/proc io).
 3. C rbd_clone disks of one image in a row (each removed again), every tenth
    through ``api.fetch`` (a fresh chain, as the command builds one), and
 4. E explains at once (threads, one shared chain):
@@ -26,7 +28,8 @@ store, nginx. Four runs, each through the real handler chain:
    after, after a warm-up; each must stay within the bound printed (BOUNDS).
 
 Exit 1 when a check fails. tests/functional/test_load.py runs a reduced form with
-the same checks (4 requests, 4 images, 50 clones, 20 explains).
+the same checks (4 requests, 4 images, 50 clones, 20 explains), and
+tests/functional/test_fill_under_host_limit.py the mix (1 copy, 2 fills).
 """
 from __future__ import annotations
 
@@ -90,6 +93,8 @@ class Lab:
     conf_text: str              # nova.conf: [glance] and [libvirt] rbd settings
     work: str                   # scratch directory (removed by the caller)
     images: list[str] = dataclasses.field(default_factory=list)
+    tgt: Any = None             # tools.lab.tgt.TgtService of this lab alone (fills)
+    glance_db: str | None = None    # Glance's sqlite: where a LUN location is set
 
     def write_conf(self, extra: str = '') -> str:
         path = os.path.join(self.work, f'nova-{uuid.uuid4().hex[:6]}.conf')
@@ -354,6 +359,188 @@ def many_images_under_limit(lab: Lab, images: int, size: int, limit: int,
     return row
 
 
+def lun_image(lab: Lab, data: bytes) -> tuple[str, Any, Callable[[], None]]:
+    """An image in Glance whose only location is set, in Glance's database, to a
+    LUN of ``lab.tgt`` exporting ``data`` (Glance's APIs refuse iscsi:// locations;
+    operators publish LUNs so). Returns (image id, export, undo): undo puts the
+    stored location back (so Glance can delete the image) and removes the export."""
+    import sqlite3
+    img = lab.glance.images.create(disk_format='raw', container_format='bare',
+                                   name=f'soak-lun-{uuid.uuid4().hex[:8]}')
+    lab.images.append(img['id'])
+    lab.glance.images.upload(img['id'], io.BytesIO(data), image_size=len(data))
+    name = f'soaklun-{img["id"][:8]}'
+    backing = Path(lab.work) / f'{name}.raw'
+    backing.write_bytes(data)
+    export = lab.tgt.export(name, backing)
+    db = sqlite3.connect(lab.glance_db)
+    with db:
+        row = db.execute('select id, value, meta_data from image_locations where '
+                         'image_id = ? and deleted = 0', (img['id'],)).fetchone()
+        db.execute('update image_locations set value = ?, meta_data = ? where id = ?',
+                   (export.url, '{}', row[0]))
+    db.close()
+
+    def undo() -> None:
+        db = sqlite3.connect(lab.glance_db)
+        with db:
+            db.execute('update image_locations set value = ?, meta_data = ? where '
+                       'id = ?', (row[1], row[2], row[0]))
+        db.close()
+        lab.tgt.unexport(name)
+        backing.unlink()
+    return img['id'], export, undo
+
+
+class ServedBytes:
+    """What tgtd wrote (its /proc io ``wchar``: iSCSI sockets, so what it served to
+    initiators), sampled every 20 ms from ``start()`` to ``stop()``; ``first`` is
+    the last sample before it first grew (no byte was served before it)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.first: float | None = None
+        self._start = self._last = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def wchar(self) -> int:
+        with open(f'/proc/{self.pid}/io') as f:
+            return next(int(line.split()[1]) for line in f
+                        if line.startswith('wchar:'))
+
+    def start(self) -> 'ServedBytes':
+        self._start = self._last = self.wchar()
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        before = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            self._last = self.wchar()
+            if self.first is None and self._last > self._start:
+                self.first = before
+            before = now
+            self._stop.wait(0.02)
+
+    def stop(self) -> int:
+        """Bytes served since start() (stops sampling; again: the same count)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self._last = self.wchar()
+        return self._last - self._start
+
+
+def copies_and_fills_under_limit(lab: Lab, copies: int, fills: int, size: int,
+                                 limit: int, timeout: float = 300) -> dict:
+    """``copies`` stream_copy disks (threads of this process, through a counting
+    relay in front of nginx) and ``fills`` iscsi_cor lun_fill jobs (detached
+    workers reading LUNs of ``lab.tgt``) at once, one state_dir,
+    ``bandwidth_limit = limit``: the bytes nginx (relay) and tgtd (/proc io) served
+    together must stay within limit x window + one burst + one read slice per
+    transfer, the window from the first byte either served to the last end."""
+    from image_handlers.iscsi import reader
+    from image_handlers.jobs import runner
+    relay = CountingRelay(lab.nginx.base_url).start()
+    served: ServedBytes | None = None
+    undos: list[Callable[[], None]] = []
+    disks = os.path.join(lab.work, f'mix-{uuid.uuid4().hex[:6]}')
+    os.mkdir(disks)
+    try:
+        http = [lab.http_image(image_data(size, seed=200 + i),
+                               url_base=f'http://127.0.0.1:{relay.port}')
+                for i in range(copies)]
+        luns = []
+        for i in range(fills):
+            image_id, export, undo = lun_image(lab, image_data(size, seed=300 + i))
+            luns.append((image_id, export))
+            undos.append(undo)
+        conf = lab.write_conf(
+            f'handlers = iscsi_cor, stream_copy\n'
+            f'iscsi_allowed_portals = {lab.tgt.portal}\n'
+            f'http_location_allowed_hosts = 127.0.0.1\nglance_api_weight = -1\n'
+            f'bandwidth_limit = {limit}\n')
+        nova_conf = api.make_conf([conf])
+        chain = HandlerChain(nova_conf)
+        served = ServedBytes(lab.tgt.pid()).start()
+        relay.reset()
+        t0 = time.monotonic()
+        # The fills first (a command each, which starts the job's worker and
+        # returns), then the copies: all transfers overlap.
+        procs = [subprocess.Popen(
+            [os.path.join(VENV_BIN, 'image-handlers'), '--config-file', conf, 'fetch',
+             image_id, os.path.join(disks, f'fill-{i}.qcow2'), '--disk-format',
+             'qcow2', '--json', '--no-progress'],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i, (image_id, _export) in enumerate(luns)]
+        started = [cli_result(p) for p in procs]
+        results = [r.to_dict() for r in _in_threads(copies, lambda k: chain.fetch(
+            chain.request(http[k][0], os.path.join(disks, f'copy-{k}'))))]
+        jobs = [runner.wait(nova_conf, r['job'], timeout=timeout) for r in started]
+        done = time.monotonic()
+        lun_bytes = served.stop()
+        relayed = relay.body_bytes
+        first = min((t for t in (relay.first, served.first) if t is not None),
+                    default=t0)
+        differ = []             # (before the LUNs' files go)
+        for i, (_image_id, export) in enumerate(luns):
+            disk = os.path.join(disks, f'fill-{i}.qcow2')
+            same = subprocess.run(['qemu-img', 'compare', '-f', 'qcow2', '-F', 'raw',
+                                   disk, export.backing_file], capture_output=True,
+                                  text=True)
+            if same.returncode:
+                differ.append(f'{disk} differs from its image: '
+                              f'{same.stdout}{same.stderr}')
+    finally:
+        relay.stop()
+        if served is not None:
+            served.stop()
+        for undo in undos:
+            undo()
+    nginx_bytes = sum(b for _id, name in http for _s, b in served_gets(lab.nginx, name))
+    window = done - first
+    slices = copies * TokenBucket(limit).slice_size(BUFFER) + fills * reader.CHUNK
+    allowed = limit * window + limit + slices
+    moved = relayed + lun_bytes
+    row = {'copies': copies, 'fills': fills, 'image_bytes': size,
+           'limit_mib_s': limit / MiB, 'relayed_bytes': relayed,
+           'nginx_bytes': nginx_bytes, 'tgtd_bytes': lun_bytes, 'moved_bytes': moved,
+           'window_s': round(window, 2),
+           'aggregate_mib_s': round(moved / window / MiB, 2),
+           'allowed_bytes': int(allowed),
+           'per_transfer_limit_would_allow_mib_s': round((copies + fills) * limit
+                                                         / MiB, 1),
+           'methods': dict(collections.Counter(r['method'] for r in results)),
+           'handlers': dict(collections.Counter(r['handler'] for r in started)),
+           'fill_jobs': [{'state': j.state, 'mode': (j.result or {}).get('mode'),
+                          'verified': (j.result or {}).get('verified')}
+                         for j in jobs]}
+    problems = []
+    if relayed != copies * size or nginx_bytes < relayed:
+        problems.append(f'relayed {relayed} bytes, nginx served {nginx_bytes}, want '
+                        f'{copies * size}')
+    if lun_bytes < fills * size:
+        problems.append(f'tgtd served {lun_bytes} bytes, less than the {fills} LUNs '
+                        f'({fills * size}): the fills did not read them')
+    if moved > allowed:
+        problems.append(f'{moved} bytes in {window:.2f} s: more than the limit '
+                        f'allows ({int(allowed)})')
+    if row['methods'] != ({'copy': copies} if copies else {}):
+        problems.append(f'copies: methods {row["methods"]}')
+    if row['handlers'] != ({'iscsi_cor': fills} if fills else {}):
+        problems.append(f'fills: handlers {row["handlers"]}')
+    for job in jobs:
+        if job.state != 'done' or 'hashed by this job' not in str(
+                (job.result or {}).get('verified')):
+            problems.append(f'fill job {job.id}: {job.state} {job.error or job.result}')
+    problems += differ
+    row['problems'] = problems
+    shutil.rmtree(disks)
+    return row
+
+
 # -- 3 and 4. resources over many clones and explains -------------------------------
 
 def ceph_ports(admin) -> set[int]:
@@ -530,6 +717,10 @@ def run_all(lab: Lab, args) -> dict:
                                               int(args.limit_image_mib * MiB),
                                               int(args.limit_mib * MiB))
     print_row('bandwidth', report['limit'])
+    report['limit_mix'] = copies_and_fills_under_limit(
+        lab, args.mix_copies, args.mix_fills, int(args.limit_image_mib * MiB),
+        int(args.limit_mib * MiB))
+    print_row('bandwidth, copies and fills', report['limit_mix'])
     report['clones'] = clone_soak(lab, args.clones)
     print_row('clones', report['clones'])
     report['explains'] = parallel_explains(lab, args.explains)
@@ -544,6 +735,7 @@ def print_row(title: str, row: dict) -> None:
 
 def problems_of(report: dict) -> list[str]:
     rows = report['one_image'] + [report['verified_clones'], report['limit'],
+                                  report['limit_mix'],
                                   report['clones'], report['explains']]
     return [p for row in rows for p in row['problems']]
 
@@ -558,37 +750,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--limit-image-mib', type=float, default=32,
                         help='size of each image of run 2 (well above one burst, '
                              'which is one second of the limit)')
+    parser.add_argument('--mix-copies', type=int, default=2,
+                        help='stream_copy copies in the mix under the limit')
+    parser.add_argument('--mix-fills', type=int, default=2,
+                        help='iscsi_cor fill jobs in the mix (--limit-image-mib each)')
     parser.add_argument('--clones', type=int, default=1000)
     parser.add_argument('--explains', type=int, default=200)
     parser.add_argument('--json', help='write the whole report (with samples) here')
     args = parser.parse_args(argv)
     from tools.lab import CephService, GlanceService
     from tools.lab.nginx import NginxService
+    from tools.lab.tgt import TgtService
     logging.basicConfig(level=logging.ERROR)    # FULL COPY warnings are expected
     os.makedirs(os.path.join(REPO, '.lab'), exist_ok=True)
     work = tempfile.mkdtemp(prefix='soak-', dir=os.path.join(REPO, '.lab'))
     ceph = CephService(name='ceph-soak')
     glance = GlanceService(name='glance-soak', ceph=ceph)
     nginx = NginxService(name='nginx-soak')
+    tgt = TgtService(name='tgt-soak')
     lab = admin = None
     left: list[str] = []
     try:
         ceph.start()
         glance.start()
         nginx.start()
+        tgt.start()
         admin = rados.Rados(conffile=str(ceph.conf_path), rados_id='admin')
         admin.connect(timeout=10)
         lab = Lab(glance=glance.client(), nginx=nginx, admin=admin,
                   conf_text=glance.nova_conf() + '\n[libvirt]\nimages_rbd_pool = vms\n'
                   f'images_rbd_ceph_conf = {ceph.conf_path}\nrbd_user = admin\n',
-                  work=work)
+                  work=work, tgt=tgt,
+                  glance_db=str(glance.workdir / 'glance.sqlite'))
         report = run_all(lab, args)
     finally:
         if lab is not None:
             left = lab.remove_images()
         if admin is not None:
             admin.shutdown()
-        for svc in (nginx, glance, ceph):
+        for svc in (tgt, nginx, glance, ceph):
             svc.stop()
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

@@ -14,6 +14,13 @@ Two ways, and the hand-over between them:
   (the Nova hook does), which asks the job to stop writing at the next chunk and
   waits until it has; the job then waits for the guest and continues online.
 
+``bandwidth_limit`` is the host's: the offline fill's reads and the online path's
+verification reads take the host bucket the copy engine takes (one GCRA state in
+``state_dir/locks``), so copies and fills together stay within it. The online
+block pull is not counted there: it runs inside the guest's qemu, which only takes
+libvirt's per-job bandwidth (the same number, passed on), so while a guest pulls,
+the host may move up to that much more.
+
 A LUN whose bytes are not the image's is an ERROR in the log and the job, and is
 refused by iscsi_cor from then on (iscsi.verdicts).
 """
@@ -26,7 +33,8 @@ from oslo_log import log as logging
 
 from image_handlers import exceptions
 from image_handlers.copy.checksum import Checksum
-from image_handlers.copy.ratelimit import TokenBucket
+from image_handlers.copy.conf import copy_options
+from image_handlers.copy.ratelimit import HostBucket, host_bucket
 from image_handlers.iscsi import guest, reader
 from image_handlers.iscsi.lun import LunSpec
 from image_handlers.iscsi.verdicts import LunVerdicts
@@ -74,7 +82,6 @@ class LunFill(JobKind):
         hasher = checksum.new() if verify else None
         sink = hasher.update if hasher else (lambda data: None)
         bandwidth = int(p.get('bandwidth_limit', group.bandwidth_limit) or 0)
-        limiter = TokenBucket(bandwidth, sleep=time.sleep) if bandwidth else None
 
         def handover() -> bool:
             return os.path.exists(_flag(state_dir, job.id, 'handover'))
@@ -82,9 +89,15 @@ class LunFill(JobKind):
         def stop() -> bool:
             return ctx.cancelled() or handover()
 
+        # Two views on the one host bucket: offline waits end at a hand-over too,
+        # online ones (the hand-over flag stays) only on cancel.
+        offline_limiter = _host_limiter(bandwidth, group, stop)
+        online_limiter = _host_limiter(bandwidth, group, ctx.cancelled)
+
         offset, mode = 0, 'offline'
         if not handover():
-            offset = self._offline(spec, disk, size, sink, limiter, stop, ctx, p)
+            offset = self._offline(spec, disk, size, sink, offline_limiter, stop, ctx,
+                                   p)
         if ctx.cancelled():
             raise exceptions.CopyCancelled(f'fill of {disk} cancelled at byte {offset}')
         if offset < size:
@@ -93,7 +106,8 @@ class LunFill(JobKind):
                 pass
             LOG.info('job %s: %s handed over to its guest at byte %d', job.id, disk,
                      offset)
-            self._online(spec, disk, size, offset, sink, limiter, ctx, p, bandwidth)
+            self._online(spec, disk, size, offset, sink, online_limiter, ctx, p,
+                         bandwidth)
         elif img.fully_allocated(disk):     # every block was read through COR:
             img.drop_backing(disk)          # the LUN need not be opened again
         else:
@@ -157,6 +171,9 @@ class LunFill(JobKind):
 
     @staticmethod
     def _online(spec, disk, size, offset, sink, limiter, ctx, p, bandwidth) -> None:
+        """Hash the rest of the LUN (reads counted in the host bucket), then let the
+        guest's qemu pull the backing chain in at libvirt's ``bandwidth``: those
+        bytes are not counted in the host bucket (qemu cannot take it)."""
         uri = p.get('libvirt_uri') or 'qemu:///system'
         deadline = time.monotonic() + float(p.get('handover_timeout', 600))
         found, last = None, None
@@ -188,6 +205,24 @@ class LunFill(JobKind):
             raise exceptions.ImageHandlerError(
                 f'{disk} still has backing file {after["backing-filename"]} after the '
                 f'block pull in {domain}')
+
+
+def _host_limiter(bandwidth: int, group, wake) -> HostBucket | None:
+    """The host's bucket (shared with stream_copy through the engine's lock
+    directory), whose waits end early when ``wake()`` says stop: a shared limit can
+    make one read wait seconds for the others, and a hand-over must not."""
+    if not bandwidth:
+        return None
+
+    def sleep(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not wake():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+    return host_bucket(bandwidth, copy_options(group).lock_dir, sleep=sleep)
 
 
 def _detach(record: dict) -> None:
