@@ -25,11 +25,13 @@ copy_opts = [
                help='Bytes per read from the source. Large buffers keep the copy '
                     'bound by the network and the hash, not by Python.'),
     cfg.IntOpt('bandwidth_limit', default=0, min=0,
-               help='Maximum bytes per second of all the copies of this host '
-                    'together (every process whose state_dir is this one: '
-                    'nova-compute, its workers, the image-handlers command); 0 means '
-                    'unlimited. Use it so downloads do not starve the instances on '
-                    'this host.'),
+               help='Maximum bytes per second of all the image traffic of this '
+                    'host together: copies, iscsi_cor fill jobs and LUN '
+                    'verification reads, in every process whose state_dir is this '
+                    'one (nova-compute, its workers, the image-handlers command); 0 '
+                    'means unlimited. A fill handed over to its guest is pulled by '
+                    'libvirt at this rate on its own, outside the shared count. Use '
+                    'it so downloads do not starve the instances on this host.'),
     cfg.IntOpt('copy_retries', default=5, min=0,
                help='How many times in a row a dropped or failed transfer is resumed '
                     'without receiving new bytes before giving up (a retry that '

@@ -21,6 +21,8 @@ from oslo_log import log as logging
 
 from image_handlers import conf as ih_conf
 from image_handlers.copy import check_target_path, publish_new
+from image_handlers.copy.conf import copy_options
+from image_handlers.copy.ratelimit import host_bucket
 from image_handlers.handlers.base import Decision, Handler, Refused, Request
 from image_handlers import exceptions
 from image_handlers.iscsi import connectors, probe, reader, secrets
@@ -169,6 +171,17 @@ class IscsiCorHandler(Handler):
                                       f'pending in job {job}' if expect.checksum
                                       else 'none')})
 
+    def prepare(self, request: Request, location: Location,
+                decision: Decision) -> str | None:
+        """Pre-cache: a disk is O(1) already; what the first disk of a signed image
+        would pay is reading its LUN once to prove the signature, so that is done
+        now (and the verdict kept)."""
+        if request.expect.signature is None or decision.plan['verified']:
+            return None
+        spec: LunSpec = decision.plan['spec']
+        self._verify_first(request, spec, decision.plan['identity'])
+        return f'LUN {spec.url} verified ({request.expect.describe()})'
+
     def _start_fill(self, request: Request, spec: LunSpec, attachment,
                     decision: Decision) -> str:
         from image_handlers.jobs import runner
@@ -198,12 +211,16 @@ class IscsiCorHandler(Handler):
     def _verify_first(self, request: Request, spec: LunSpec, identity: str) -> None:
         """Read the LUN once at hash speed (read-only, through qemu-nbd) and prove
         the Expectation before any disk is made of it; record the verdict either
-        way, so later disks of this LUN are O(1) (or refused at once)."""
+        way, so later disks of this LUN are O(1) (or refused at once). The read
+        is image traffic like any copy's: it takes the host's bandwidth_limit."""
         image = request.image
         digests = DigestPass(request.expect)
+        group = self.conf[ih_conf.GROUP]
+        limiter = (host_bucket(group.bandwidth_limit, copy_options(group).lock_dir)
+                   if group.bandwidth_limit else None)
         with reader.served(spec.objects(), spec.image_opts(), read_only=True,
-                           description=spec.url) as h:
-            reader.read_through(h, 0, image.size, digests.feed, None, lambda: False,
+                           description=spec.url, timeout=self.timeout) as h:
+            reader.read_through(h, 0, image.size, digests.feed, limiter, lambda: False,
                                 lambda done: None, f'verification of {spec.url}',
                                 self.timeout)
         try:

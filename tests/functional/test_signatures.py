@@ -400,6 +400,39 @@ def test_a_signed_lun_is_read_once_before_any_disk_then_disks_are_o1(
     assert runner.store(stored).get(first.job).state == 'done'
 
 
+def test_a_signed_lun_is_pre_cached_by_reading_it_once_inside_the_host_limit(
+        signed_lun, conf_file, tgt, tmp_path):
+    """Pre-cache (chain.prepare, what Nova's cache_images calls) of a signed
+    image's LUN reads it once to prove the signature and keeps the verdict, so the
+    first disk is O(1); the read is image traffic and takes the host's bucket (it
+    took none). The bucket's shared state, a GCRA arrival time on the monotonic
+    clock, moves size/rate past the read's start for the bytes admitted: arithmetic,
+    not timing (a slow machine only pushes it later). Without the limit the file is
+    never written."""
+    import struct
+    from image_handlers.copy.conf import copy_options
+    from image_handlers.copy.ratelimit import STATE_FILE
+    size, rate = 6 * MiB, 8 * MiB
+    image_id = signed_lun(image_bytes(size, seed=104))
+    conf = _lun_conf(conf_file, tgt)
+    with open(conf, 'a') as f:
+        f.write(f'bandwidth_limit = {rate}\n')     # the file ends in [image_handlers]
+    stored = api.make_conf([conf])
+    state = os.path.join(copy_options(stored.image_handlers).lock_dir, STATE_FILE)
+    assert not os.path.exists(state)
+    chain = HandlerChain(stored)
+    start = time.monotonic()
+    ready = chain.prepare(chain.request(image_id, parse_target(
+        str(tmp_path / 'a.qcow2'), 'qcow2'), purpose='precache'))
+    assert ready.handler == 'iscsi_cor' and 'verified' in ready.method, ready
+    assert not os.path.exists(tmp_path / 'a.qcow2')         # no disk made
+    with open(state, 'rb') as f:
+        (arrival,) = struct.unpack('=d', f.read(8))
+    assert arrival >= start + size / rate, (arrival - start, size / rate)
+    first = _fetch(conf, image_id, str(tmp_path / 'a.qcow2'), 'qcow2')
+    assert 'LUN verified before' in first.verified, first.verified
+
+
 def test_a_lun_that_does_not_carry_the_signature_makes_no_disk(
         signed_lun, conf_file, tgt, tmp_path):
     data = image_bytes(4 * MiB, seed=102)
