@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import glanceclient
+import requests
 from glanceclient import exc as glance_exc
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import loading as ks_loading
@@ -79,6 +80,11 @@ class GlanceReader:
         self._auth = ks_loading.load_auth_from_conf_options(conf, group)
         self._session = ks_loading.load_session_from_conf_options(
             conf, group, auth=self._auth)
+        if self._session.timeout is None:
+            # [glance] timeout unset waits for ever on a Glance (or Keystone) that
+            # accepts and never answers (a hung uWSGI): each call is bounded by
+            # [image_handlers] read_timeout instead, and retried as a failure.
+            self._session.timeout = conf.image_handlers.read_timeout
         self._adapter = ks_loading.load_adapter_from_conf_options(
             conf, group, session=self._session, auth=self._auth)
         self._retries = conf[group].num_retries
@@ -206,7 +212,9 @@ class GlanceReader:
                     f'for {what}: {exc}')
             except (glance_exc.CommunicationError, glance_exc.HTTPServiceUnavailable,
                     glance_exc.HTTPInternalServerError, ks_exc.ConnectFailure,
-                    ks_exc.ConnectTimeout) as exc:
+                    ks_exc.ConnectTimeout, glance_exc.InvalidEndpoint) as exc:
+                if isinstance(exc, glance_exc.InvalidEndpoint) and not _timed_out(exc):
+                    raise
                 last = exc
                 LOG.warning('Glance call for %s failed (attempt %d of %d): %s',
                             what, attempt + 1, self._retries + 1, exc)
@@ -225,6 +233,16 @@ class GlanceReader:
         """Keystone, as nova.conf [glance] names it, for error messages."""
         auth_url = getattr(self._auth, 'auth_url', None)
         return f'Keystone at {auth_url}' if auth_url else 'the identity service'
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """glanceclient reports a request that timed out (a Glance that accepts and
+    never answers) as InvalidEndpoint; the timeout is in its context."""
+    while exc is not None:
+        if isinstance(exc, (ks_exc.ConnectTimeout, requests.exceptions.Timeout)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def image_info(image_id: str, record: Mapping[str, Any],

@@ -2,6 +2,7 @@
 
     IH_LAB_RUN_DIR=... IH_LAB_GLUSTER_RUN_DIR=... \\
         .venv/bin/python -m tools.service_faults [--trials 5] [--seed 1] [--faults osd-clone,mon]
+        .venv/bin/python -m tools.service_faults --hang [--trials 5] [--max-hold 30]
 
 Faults (each SIGKILL, as a crash; the service is started again after a seeded
 outage): ``osd-clone`` (the Ceph OSD during an rbd_clone clone + flatten),
@@ -12,6 +13,15 @@ monitor during a clone; a fresh process connects while it is down), ``glance``
 (tgtd during an iscsi_cor fill job), ``brick`` (the Gluster brick under a
 shared_fs overlay while its overlay_fill job copies from it; a volume of our own,
 never the shared lab volume).
+
+Hangs (``--hang``, or ``hang-*`` in --faults): the same services SIGSTOPped instead
+of killed, so their sockets stay open and nothing answers: ``hang-osd-read``,
+``hang-osd-clone``, ``hang-glance``, ``hang-tgt``, ``hang-brick``. The service is
+held stopped until the request ends or for a seeded time up to --max-hold (longer
+than the configured bounds), then always SIGCONTed (in a finally, also on Ctrl-C or
+SIGTERM). A request still running when the service is continued waited out the
+hang: that is a missed goal ("unbounded"). A second request made during the hang
+(a fresh process) is timed the same way.
 
 Every trial kills at a seeded point of a clean run's duration, measured first in
 the same run, and records: the outcome, the seconds from the kill to the error
@@ -34,6 +44,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -49,18 +60,23 @@ sys.path.insert(0, REPO)
 
 from image_handlers import api  # noqa: E402
 from image_handlers.jobs import runner  # noqa: E402
+from image_handlers.qemu import img  # noqa: E402
 from tools.lab import (CephService, GlanceService, GlusterService,  # noqa: E402
                        KeystoneService, write_fs_marker)
 from tools.lab.gluster_volume import GlusterVolume  # noqa: E402
+from tools.lab.service import continue_processes  # noqa: E402
 from tools.lab.tgt import TgtService  # noqa: E402
 
 MiB = 1 << 20
 FAULTS = ('osd-clone', 'osd-read', 'mon', 'glance', 'keystone', 'tgt', 'brick')
+HANG_FAULTS = ('hang-osd-read', 'hang-osd-clone', 'hang-glance', 'hang-tgt',
+               'hang-brick')
 FS_ID = 'faultvol-images'
 CLI = os.path.join(os.path.dirname(sys.executable), 'image-handlers')
-# The bounds the trials configure (nova.conf below; --rbd-timeout, --read-timeout).
-BOUNDS = {'rbd_timeout': 5, 'read_timeout': 3}
-SCALE = {'size': 1.0, 'outage': 8.0}    # --size-scale, --max-outage
+# The bounds the trials configure (nova.conf below; --rbd-timeout, --read-timeout,
+# --retries: copy_retries and [glance] num_retries).
+BOUNDS = {'rbd_timeout': 5, 'read_timeout': 3, 'retries': 3}
+SCALE = {'size': 1.0, 'outage': 8.0, 'hold': 30.0}  # --size-scale, --max-outage, --max-hold
 HARD_CAP = 240.0        # a request still running after this is reported as hung
 
 
@@ -69,7 +85,13 @@ class Trial:
     fault: str
     seed: int
     kill_at: float = 0.0        # seconds after the work began (seeded)
-    outage: float = 0.0         # seconds the service stayed down (seeded)
+    outage: float = 0.0         # seconds the service stayed down (seeded; a hang's
+                                # longest hold)
+    held: float | None = None   # hang: seconds it was held stopped (ends early
+                                # once the requests ended)
+    hit: bool | None = None     # hang: the work was still running when it stopped
+    unbounded: list = dataclasses.field(default_factory=list)  # hang: requests
+                                # still waiting when the service was continued
     outcome: str = ''           # 'verified' / 'done', or the error's class
     via: str = ''               # handler@location that provided the disk
     error: str = ''
@@ -82,6 +104,30 @@ class Trial:
     leftovers: list = dataclasses.field(default_factory=list)
     kept_for_resume: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+
+
+_HELD: set[int] = set()     # pids SIGSTOPped now: main() SIGCONTs them whatever ends it
+
+
+def hold_stopped(pause: Callable[[], list[int]], resume: Callable[[list[int]], None],
+                 longest: float, done: Callable[[], bool],
+                 main_done: Callable[[], bool] | None = None) -> tuple[float, bool]:
+    """Stop a service (``pause``), keep it stopped until ``done()`` or ``longest``
+    seconds, then continue it (``resume``) whatever happens, Ctrl-C included;
+    returns the seconds it was held and whether the work was still running when
+    the service stopped (the hang hit it; ``main_done``, without the side
+    requests that ``done`` also waits for)."""
+    pids = pause()
+    _HELD.update(pids)
+    t0 = time.monotonic()
+    try:
+        hit = not (main_done or done)()
+        while time.monotonic() - t0 < longest and not done():
+            time.sleep(0.05)
+    finally:
+        resume(pids)
+        _HELD.difference_update(pids)
+    return round(time.monotonic() - t0, 2), hit
 
 
 def data_of(size: int, seed: int) -> bytes:
@@ -130,6 +176,11 @@ class Lab:
         self.volume = GlusterVolume(self.gluster, self.volume_name,
                                     name='gluster-faultvol').start()
         self.started.append(self.volume)
+        # Reads under a fill must reach the brick, not the FUSE client's caches
+        # (the image was just written and read through this mount).
+        for key in ('performance.io-cache', 'performance.read-ahead',
+                    'performance.quick-read'):
+            self.volume.set_option(key, 'off')
         write_fs_marker(self.volume.mountpoint, FS_ID)
         mnt = self.volume.mountpoint
         self.glance = GlanceService(
@@ -180,12 +231,13 @@ class Lab:
             f'rbd_op_timeout = {BOUNDS["rbd_timeout"]}\n'
             f'read_timeout = {BOUNDS["read_timeout"]}\n'
             f'connect_timeout = {BOUNDS["read_timeout"]}\n'
-            'copy_retries = 3\ncopy_retry_backoff = 0.5\ncopy_retry_backoff_max = 2\n'
+            f'copy_retries = {BOUNDS["retries"]}\n'
+            'copy_retry_backoff = 0.5\ncopy_retry_backoff_max = 2\n'
             'glance_api_weight = -10\nprogress_interval = 60\n'
             f'shared_fs_mounts = {FS_ID}:{self.volume.mountpoint}\n'
             'shared_fs_methods = reflink, overlay\nshared_fs_fill_overlays = true\n'
             f'iscsi_allowed_portals = {self.tgt.portal}\niscsi_timeout = 3\n'
-            + extra + '\n')
+            + extra + f'\n[glance]\nnum_retries = {BOUNDS["retries"]}\n')
         return str(path)
 
     # -- checks ---------------------------------------------------------------------
@@ -262,7 +314,16 @@ class Trials:
         return random.Random(f'{self.seed}:{fault}:{n}')
 
     def _kill_point(self, fault: str, rng: random.Random) -> float:
-        return round(rng.uniform(0.05, 0.95) * self.baseline[fault], 3)
+        base = self.baseline.get(fault) or self.baseline[_base(fault)]
+        # A hang in the first half: a stop that comes after the work ended tests
+        # nothing (the kills take the whole range: a kill then still matters).
+        high = 0.5 if fault.startswith('hang-') else 0.95
+        return round(rng.uniform(0.05, high) * base, 3)
+
+    @staticmethod
+    def _hold(rng: random.Random) -> float:
+        """Longest seconds a hang is held: seeded, 3/4 of --max-hold up to it."""
+        return round(rng.uniform(0.75, 1.0) * SCALE['hold'], 2)
 
     @staticmethod
     def _outage(rng: random.Random, low: float) -> float:
@@ -331,6 +392,18 @@ class Trials:
         api.fetch(self.conf, image_id, target)
         self.baseline['osd-read'] = time.monotonic() - t0
         os.unlink(target)
+        t0 = time.monotonic()
+        api.fetch(self.read_conf, image_id, target)
+        self.baseline['hang-osd-read'] = time.monotonic() - t0
+        os.unlink(target)
+
+    @property
+    def read_conf(self):
+        """Reads at 8 MiB/s: the whole of a hang-osd-read lands mid-read (a read
+        at full speed ends before the OSD is stopped)."""
+        if not hasattr(self, '_read'):
+            self._read = api.make_conf([self.lab.nova_conf('bandwidth_limit = 8388608\n')])
+        return self._read
 
     def trial_osd_clone(self, n: int) -> Trial:
         return self._rbd_trial('osd-clone', n, 'osd', clone=True)
@@ -341,18 +414,43 @@ class Trials:
     def trial_mon(self, n: int) -> Trial:
         return self._rbd_trial('mon', n, 'mon', clone=True)
 
+    def trial_hang_osd_read(self, n: int) -> Trial:
+        return self._rbd_trial('hang-osd-read', n, 'osd', clone=False)
+
+    def trial_hang_osd_clone(self, n: int) -> Trial:
+        return self._rbd_trial('hang-osd-clone', n, 'osd', clone=True)
+
     def _rbd_trial(self, fault: str, n: int, daemon: str, clone: bool) -> Trial:
         rng = self._rng(fault, n)
+        hang = fault.startswith('hang-')
         trial = Trial(fault, n, kill_at=self._kill_point(fault, rng),
-                      outage=self._outage(rng, 1.0))
+                      outage=self._hold(rng) if hang else self._outage(rng, 1.0))
         image_id, data = self.images['rbd']
         name = f'disk-{fault}-{n}-{uuid.uuid4().hex[:4]}'
         target = f'rbd:vms/{name}' if clone else self._file_target(trial)
         purpose = 'unshelve' if clone else 'spawn'       # clone + flatten: a window
         before = self.lab.rbd_names()
-        work = Work(lambda: api.fetch(self.conf, image_id, target, purpose=purpose))
+        conf = self.read_conf if hang and not clone else self.conf
+        work = Work(lambda: api.fetch(conf, image_id, target, purpose=purpose))
         time.sleep(max(0.0, work.started + trial.kill_at - time.monotonic()))
         killed = time.monotonic()
+        if hang:
+            ceph = self.lab.ceph
+            trial.held, trial.hit = hold_stopped(lambda: ceph.pause_daemon(daemon),
+                                      ceph.resume_daemon, trial.outage,
+                                      lambda: work.ended is not None)
+            if work.ended is None:
+                trial.unbounded.append('the request')
+            trial.restart = ceph.wait_serving(daemon)
+            self._finish(trial, work, killed)
+        else:
+            self._rbd_kill(trial, work, daemon, name, image_id, killed)
+        self._rbd_check(trial, name, before, image_id, target, purpose, data, clone,
+                        daemon)
+        return trial
+
+    def _rbd_kill(self, trial: Trial, work: Work, daemon: str, name: str,
+                  image_id: str, killed: float) -> None:
         self.lab.ceph.kill_daemon(daemon)
         if daemon == 'mon':     # a process that connects now (nova-compute restarting)
             side_target = f'rbd:vms/{name}-fresh'
@@ -363,6 +461,11 @@ class Trials:
         self._finish(trial, work, killed)
         time.sleep(max(0.0, killed + trial.outage - time.monotonic()))
         trial.restart = self.lab.ceph.start_daemon(daemon)
+
+    def _rbd_check(self, trial: Trial, name: str, before: set[str], image_id: str,
+                   target: str, purpose: str, data: bytes, clone: bool,
+                   daemon: str) -> None:
+        """What the request (and its recovery) published and left."""
         made = self.lab.rbd_names() - before
         if clone and trial.outcome != 'verified' and name in made:
             trial.wrongly_published += len(data)    # a disk that a failure published
@@ -393,7 +496,6 @@ class Trials:
             self.lab.rbd_remove('vms', x)
         if not clone:
             shutil.rmtree(os.path.dirname(target), ignore_errors=True)
-        return trial
 
     def _recover(self, trial: Trial, image_id: str, target: str, purpose: str,
                  data: bytes, clone: bool, conf=None) -> None:
@@ -403,7 +505,7 @@ class Trials:
             result = api.fetch(conf or self.conf, image_id, target, purpose=purpose)
         except Exception as exc:  # noqa: BLE001 - reported
             trial.recovered = False
-            trial.recovery = _short(exc)
+            trial.recovery = _short(exc, 1500)
             return
         trial.recovered = True
         trial.recovery = f'{result.handler}@{result.location}'
@@ -436,25 +538,51 @@ class Trials:
     def trial_keystone(self, n: int) -> Trial:
         return self._http_trial('keystone', n, self.lab.keystone)
 
+    def trial_hang_glance(self, n: int) -> Trial:
+        return self._http_trial('hang-glance', n, self.lab.glance)
+
     def _http_trial(self, fault: str, n: int, service) -> Trial:
         rng = self._rng(fault, n)
+        hang = fault.startswith('hang-')
         trial = Trial(fault, n, kill_at=self._kill_point(fault, rng),
-                      outage=self._outage(rng, 0.5))
+                      outage=self._hold(rng) if hang else self._outage(rng, 0.5))
         image_id, data = self.images['http']
         target = self._file_target(trial)
         work = Work(lambda: api.fetch(self.slow_conf, image_id, target))
         time.sleep(max(0.0, work.started + trial.kill_at - time.monotonic()))
         killed = time.monotonic()
-        service.kill()
         side_target = target + '-new'
-        rc, out, secs = _cli_fetch(self.conf_path, image_id, side_target)
-        trial.side = {'request': f'new request while {service.name} is down',
+        if hang:
+            side: Work | None = None
+
+            def start_side() -> list[int]:
+                nonlocal side
+                pids = service.pause()
+                side = Work(lambda: _cli_fetch(self.conf_path, image_id, side_target))
+                return pids
+
+            trial.held, trial.hit = hold_stopped(
+                start_side, service.resume, trial.outage,
+                lambda: work.ended is not None and side.ended is not None,
+                lambda: work.ended is not None)
+            trial.unbounded += [what for what, w in (('the request', work),
+                                                     ('a new request', side))
+                                if w.ended is None]
+            side.wait()
+            rc, out, secs = side.result
+            state = 'hangs'
+        else:
+            service.kill()
+            rc, out, secs = _cli_fetch(self.conf_path, image_id, side_target)
+            state = 'is down'
+        trial.side = {'request': f'new request while {service.name} {state}',
                       'rc': rc, 'seconds': round(secs, 2),
                       'error': _short(_cli_error(out), 1500) if rc else ''}
-        time.sleep(max(0.0, killed + trial.outage - time.monotonic()))
-        t0 = time.monotonic()
-        service.restart()
-        trial.restart = round(time.monotonic() - t0, 2)
+        if not hang:
+            time.sleep(max(0.0, killed + trial.outage - time.monotonic()))
+            t0 = time.monotonic()
+            service.restart()
+            trial.restart = round(time.monotonic() - t0, 2)
         self._finish(trial, work, killed)
         if rc == 0 and Path(side_target).read_bytes() != data:
             trial.wrongly_published += os.path.getsize(side_target)
@@ -509,21 +637,36 @@ class Trials:
         self._baseline_fill('tgt', self.lun_conf, image_id,
                             str(self.work / 'baseline-lun.qcow2'))
 
-    def trial_tgt(self, n: int) -> Trial:
-        rng = self._rng('tgt', n)
-        trial = Trial('tgt', n, kill_at=self._kill_point('tgt', rng),
-                      outage=self._outage(rng, 0.5))
+    def trial_hang_tgt(self, n: int) -> Trial:
+        return self.trial_tgt(n, 'hang-tgt')
+
+    def _job_ended(self, conf, job: str) -> Callable[[], bool]:
+        jobs = runner.store(conf)
+        return lambda: jobs.get(job).finished
+
+    def trial_tgt(self, n: int, fault: str = 'tgt') -> Trial:
+        rng = self._rng(fault, n)
+        hang = fault.startswith('hang-')
+        trial = Trial(fault, n, kill_at=self._kill_point(fault, rng),
+                      outage=self._hold(rng) if hang else self._outage(rng, 0.5))
         image_id, data = self.images['lun']
         target = self._file_target(trial) + '.qcow2'
         job = api.fetch(self.lun_conf, image_id, target, disk_format='qcow2').job
         t0 = self._fill_started(self.lun_conf, job)
         time.sleep(max(0.0, t0 + trial.kill_at - time.monotonic()))
         killed, killed_wall = time.monotonic(), time.time()
-        self.lab.tgt.kill()
-        time.sleep(max(0.0, killed + trial.outage - time.monotonic()))
-        t1 = time.monotonic()
-        self.lab.tgt.restart()
-        trial.restart = round(time.monotonic() - t1, 2)
+        if hang:
+            ended = self._job_ended(self.lun_conf, job)
+            trial.held, trial.hit = hold_stopped(self.lab.tgt.pause, self.lab.tgt.resume,
+                                      trial.outage, ended)
+            if not ended():
+                trial.unbounded.append('the fill job')
+        else:
+            self.lab.tgt.kill()
+            time.sleep(max(0.0, killed + trial.outage - time.monotonic()))
+            t1 = time.monotonic()
+            self.lab.tgt.restart()
+            trial.restart = round(time.monotonic() - t1, 2)
         done = runner.wait(self.lun_conf, job, timeout=HARD_CAP)
         trial.outcome = 'done' if done.state == 'done' else done.state
         if done.state != 'done':
@@ -558,6 +701,17 @@ class Trials:
                 trial.leftovers.append(name)
 
     @staticmethod
+    def _wait_procs_gone(disk: str, timeout: float = 60.0) -> None:
+        """Until no process names ``disk`` (it holds qemu's lock on it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = Trial('probe', 0)
+            Trials._procs_left(probe, disk)
+            if not probe.leftovers:
+                return
+            time.sleep(0.1)
+
+    @staticmethod
     def _procs_left(trial: Trial, disk: str) -> None:
         for entry in Path('/proc').iterdir():
             if entry.name.isdigit():
@@ -577,37 +731,72 @@ class Trials:
         self._baseline_fill('brick', self.fill_conf, image_id,
                             str(self.work / 'baseline-overlay.qcow2'))
 
-    def trial_brick(self, n: int) -> Trial:
-        rng = self._rng('brick', n)
-        trial = Trial('brick', n, kill_at=self._kill_point('brick', rng),
-                      outage=self._outage(rng, 0.5))
+    def trial_hang_brick(self, n: int) -> Trial:
+        return self.trial_brick(n, 'hang-brick')
+
+    def trial_brick(self, n: int, fault: str = 'brick') -> Trial:
+        rng = self._rng(fault, n)
+        hang = fault.startswith('hang-')
+        trial = Trial(fault, n, kill_at=self._kill_point(fault, rng),
+                      outage=self._hold(rng) if hang else self._outage(rng, 0.5))
         image_id, data = self.images['gluster']
         target = self._file_target(trial) + '.qcow2'
         vol = self.lab.volume
         job = api.fetch(self.fill_conf, image_id, target, disk_format='qcow2').job
-        t0 = self._fill_started(self.fill_conf, job)
+        if hang:
+            # The overlay's backing file was read through this mount before: drop
+            # its cached pages so the fill asks the brick. The hang lands at a
+            # seeded point of the fill's own duration after the request returned
+            # (the worker starting, or the fill reading).
+            vol.drop_cached(Path(img.info(target)['full-backing-filename']))
+            t0 = time.monotonic()
+        else:
+            t0 = self._fill_started(self.fill_conf, job)
         time.sleep(max(0.0, t0 + trial.kill_at - time.monotonic()))
         killed, killed_wall = time.monotonic(), time.time()
-        vol.kill_brick()
         side_dir = Path(target).parent.with_name(Path(target).parent.name + '-side')
         side_dir.mkdir()
         side_target = str(side_dir / 'disk.qcow2')
-        work = Work(lambda: api.fetch(self.fill_conf, image_id, side_target,
-                                      disk_format='qcow2'))
+
+        def side_request() -> Work:
+            return Work(lambda: api.fetch(self.fill_conf, image_id, side_target,
+                                          disk_format='qcow2'))
+        if hang:
+            ended = self._job_ended(self.fill_conf, job)
+            work: Work | None = None
+
+            def pause() -> list[int]:
+                nonlocal work
+                pids = vol.pause_brick()
+                work = side_request()
+                return pids
+
+            trial.held, trial.hit = hold_stopped(pause, vol.resume_brick, trial.outage,
+                                                 lambda: ended() and work.ended is not None,
+                                                 ended)
+            trial.unbounded += (['the fill job'] if not ended() else []) + (
+                ['a new disk'] if work.ended is None else [])
+        else:
+            vol.kill_brick()
+            work = side_request()
         work.wait()
-        trial.side = {'request': 'new disk while the brick is down',
+        state = 'hangs' if hang else 'is down'
+        trial.side = {'request': f'new disk while the brick {state}',
                       'rc': 0 if work.error is None else 1,
                       'seconds': round(work.ended - work.started, 2),
                       'error': _short(work.error, 1500) if work.error else ''}
         if work.error is None:
             runner.wait(self.fill_conf, work.result.job, timeout=HARD_CAP)
-        time.sleep(max(0.0, killed + trial.outage - time.monotonic()))
-        trial.restart = vol.start_brick()
+        if not hang:
+            time.sleep(max(0.0, killed + trial.outage - time.monotonic()))
+            trial.restart = vol.start_brick()
         done = runner.wait(self.fill_conf, job, timeout=HARD_CAP)
         trial.outcome = 'done' if done.state == 'done' else done.state
         if done.state != 'done':
             trial.error = _short(done.error or '', 1500)
             trial.to_error = round(done.updated - killed_wall, 2)
+            if hang:    # a qemu-img blocked on the hung mount ends once it answers
+                self._wait_procs_gone(target)
             again = runner.retry(self.fill_conf, job)
             final = runner.wait(self.fill_conf, again.id, timeout=HARD_CAP)
             trial.recovered = final.state == 'done'
@@ -638,6 +827,11 @@ SETUP = {'osd-clone': 'setup_rbd', 'osd-read': 'setup_rbd', 'mon': 'setup_rbd',
          'brick': 'setup_brick'}
 
 
+def _base(fault: str) -> str:
+    """The kill fault a hang fault mirrors (its setup and baseline)."""
+    return fault[len('hang-'):] if fault.startswith('hang-') else fault
+
+
 def summarise(trials: list[Trial], baseline: dict[str, float]) -> dict:
     by_fault = collections.defaultdict(list)
     for t in trials:
@@ -653,6 +847,10 @@ def summarise(trials: list[Trial], baseline: dict[str, float]) -> dict:
             'side_error_max': max(sides) if sides else None,
             'not_recovered': sum(1 for t in rows if t.recovered is False),
             'hung': sum(1 for t in rows if t.outcome == 'hung'),
+            'unbounded': [f'{t.seed}: {x}' for t in rows for x in t.unbounded],
+            'missed': sum(1 for t in rows if t.hit is False),
+            'held_max': max((t.held for t in rows if t.held is not None),
+                            default=None),
             'unclear': sum(1 for t in rows if t.outcome == 'failed'
                            and 'jobs resume' not in t.error),
             'wrongly_published_bytes': sum(t.wrongly_published for t in rows),
@@ -677,6 +875,12 @@ def goals_missed(report: dict) -> list[str]:
                           'the service was back')
         if r['hung']:
             missed.append(f'{fault}: {r["hung"]} request(s) hung')
+        if r.get('missed'):
+            missed.append(f'{fault}: {r["missed"]} hang(s) came after the work had '
+                          'ended (nothing tested)')
+        if r['unbounded']:
+            missed.append(f'{fault}: still waiting when the service was continued '
+                          f'(no bound): {r["unbounded"]}')
         if r['unclear']:
             missed.append(f'{fault}: {r["unclear"]} failed job(s) did not say how to '
                           'continue ("image-handlers jobs resume ID")')
@@ -687,12 +891,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--trials', type=int, default=5, help='trials per fault')
     parser.add_argument('--seed', type=int, default=1)
-    parser.add_argument('--faults', default=','.join(FAULTS))
+    parser.add_argument('--faults', default=None,
+                        help=f'comma list of {", ".join(FAULTS + HANG_FAULTS)} '
+                             '(default: the kills, or with --hang the hangs)')
+    parser.add_argument('--hang', action='store_true',
+                        help='the hang faults (SIGSTOP, then SIGCONT) by default')
+    parser.add_argument('--max-hold', type=float, default=30.0,
+                        help='longest seeded hold of a hung service, seconds')
     parser.add_argument('--json', help='write the report (and every trial) here')
     parser.add_argument('--rbd-timeout', type=int, default=5,
                         help='[image_handlers] rbd_connect_timeout and rbd_op_timeout')
     parser.add_argument('--read-timeout', type=int, default=3,
                         help='[image_handlers] read_timeout and connect_timeout')
+    parser.add_argument('--retries', type=int, default=3,
+                        help='[image_handlers] copy_retries and [glance] num_retries')
     parser.add_argument('--size-scale', type=float, default=1.0,
                         help='scale the images (48-256 MiB at 1.0)')
     parser.add_argument('--max-outage', type=float, default=8.0,
@@ -702,20 +914,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command = 'python -m tools.service_faults ' + ' '.join(
         sys.argv[1:] if argv is None else argv)
+    if args.faults is None:
+        args.faults = ','.join(HANG_FAULTS if args.hang else FAULTS)
     faults = [f for f in args.faults.split(',') if f]
-    unknown = sorted(set(faults) - set(FAULTS))
+    unknown = sorted(set(faults) - set(FAULTS + HANG_FAULTS))
     if unknown:
-        parser.error(f'unknown faults {unknown} (known: {", ".join(FAULTS)})')
-    BOUNDS.update(rbd_timeout=args.rbd_timeout, read_timeout=args.read_timeout)
-    SCALE.update(size=args.size_scale, outage=args.max_outage)
+        parser.error(f'unknown faults {unknown} (known: '
+                     f'{", ".join(FAULTS + HANG_FAULTS)})')
+    BOUNDS.update(rbd_timeout=args.rbd_timeout, read_timeout=args.read_timeout,
+                  retries=args.retries)
+    SCALE.update(size=args.size_scale, outage=args.max_outage, hold=args.max_hold)
     quiet = logging.getLogger('image_handlers')
     level = quiet.level
     if not args.verbose:
         quiet.setLevel(logging.CRITICAL)
+    term = None
+    if threading.current_thread() is threading.main_thread():
+        term = signal.signal(signal.SIGTERM, _terminated)
     try:
         return _run(args, faults)
     finally:
+        held = sorted(_HELD)
+        if held:    # whatever ended the run, nothing we stopped stays stopped
+            continue_processes(held)
+            _HELD.clear()
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
         quiet.setLevel(level)       # main() may run inside a test session
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt(f'signal {signum}')
 
 
 def _run(args, faults: list[str]) -> int:
@@ -728,9 +957,10 @@ def _run(args, faults: list[str]) -> int:
         runs = Trials(lab, args.seed, work)
         done_setups = set()
         for fault in faults:
-            if SETUP[fault] not in done_setups:
-                getattr(runs, SETUP[fault])()
-                done_setups.add(SETUP[fault])
+            setup = SETUP[_base(fault)]
+            if setup not in done_setups:
+                getattr(runs, setup)()
+                done_setups.add(setup)
             for n in range(args.trials):
                 t0 = time.monotonic()
                 trial = getattr(runs, 'trial_' + fault.replace('-', '_'))(
@@ -746,21 +976,26 @@ def _run(args, faults: list[str]) -> int:
     report = summarise(trials, baseline)
     print(f'service faults: {args.trials} trial(s) per fault, seed {args.seed}, '
           f'{time.monotonic() - t_start:.0f} s; bounds configured: rbd connect/op '
-          f'{BOUNDS["rbd_timeout"]} s, read_timeout {BOUNDS["read_timeout"]} s')
-    print(f'{"fault":<10} {"trials":>6}  {"outcomes":<34} {"to error max":>12} '
+          f'{BOUNDS["rbd_timeout"]} s, read_timeout {BOUNDS["read_timeout"]} s, '
+          f'retries {BOUNDS["retries"]}')
+    print(f'{"fault":<14} {"trials":>6}  {"outcomes":<34} {"to error max":>12} '
           f'{"side err max":>12} {"recovered":>9} {"wrong":>5} {"left":>4} '
-          f'{"restart max":>11}')
+          f'{"restart max":>11} {"held max":>9} {"unbounded":>9}')
     for fault, r in report.items():
         outcomes = ', '.join(f'{k} {v}' for k, v in sorted(r['outcomes'].items()))
         fmt = (lambda v: f'{v:.2f} s' if v is not None else '-')
-        print(f'{fault:<10} {r["trials"]:>6}  {outcomes:<34} {fmt(r["to_error_max"]):>12} '
+        print(f'{fault:<14} {r["trials"]:>6}  {outcomes:<34} {fmt(r["to_error_max"]):>12} '
               f'{fmt(r["side_error_max"]):>12} '
               f'{r["trials"] - r["not_recovered"]:>4}/{r["trials"]:<4} '
               f'{r["wrongly_published_bytes"]:>5} {len(r["leftovers"]):>4} '
-              f'{r["restart_max"]:>9.2f} s')
+              f'{r["restart_max"]:>9.2f} s {fmt(r["held_max"]):>9} '
+              f'{len(r["unbounded"]):>9}')
     missed = goals_missed(report)
     print('goals: ' + ('MET (nothing published wrongly, nothing left, every request '
-                       'succeeded once the service was back, no request hung)'
+                       'succeeded once the service was back, no request hung'
+                       + (', every request in a hang ended before the service '
+                          'was continued' if any(f.startswith('hang-') for f in
+                                                 report) else '') + ')'
                        if not missed else 'MISSED: ' + '; '.join(missed)))
     if args.json:
         with open(args.json, 'w') as f:

@@ -50,7 +50,10 @@ copy_opts = [
     cfg.FloatOpt('connect_timeout', default=10.0, min=0.1,
                  help='Seconds to wait for a source to accept a connection.'),
     cfg.FloatOpt('read_timeout', default=60.0, min=0.1,
-                 help='Seconds to wait for the next bytes from a source.'),
+                 help='Seconds to wait for the next bytes from a source. Also '
+                      'bounds each Glance call when [glance] timeout is unset, '
+                      'and an overlay_fill whose qemu-img reads and writes nothing '
+                      'this long is stopped (the job fails, resumable).'),
     cfg.BoolOpt('sparse', default=True,
                 help='Do not write blocks that are all zero (the file stays sparse).'),
     cfg.BoolOpt('direct_io', default=True,

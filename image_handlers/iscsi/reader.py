@@ -32,12 +32,18 @@ _DIE_WITH_PARENT = ([SETPRIV, '--pdeathsig', 'TERM'] if os.path.exists(SETPRIV)
                     else [])
 CHUNK = 4 << 20     # bytes per NBD read: large, and under qemu-nbd's 32 MiB limit
 WINDOW = 4          # reads in flight: measured 340 MiB/s with 1, 466-498 with 4
+# Seconds qemu-nbd may take to open a disk (an iSCSI login takes ~0.1 s here):
+# callers that know the deployment's read_timeout should pass it.
+CONNECT_TIMEOUT = 15.0
 
 
 @contextlib.contextmanager
 def served(objects: list[str], image_opts: str, read_only: bool,
-           description: str) -> Iterator['nbd.NBD']:
-    """A libnbd handle on qemu-nbd serving ``image_opts``; qemu-nbd ends with it."""
+           description: str, timeout: float = CONNECT_TIMEOUT) -> Iterator['nbd.NBD']:
+    """A libnbd handle on qemu-nbd serving ``image_opts``; qemu-nbd ends with it.
+    qemu-nbd answers the handshake only once it has opened the disk (an iSCSI
+    login): a target that accepts and never answers (a hung tgtd) would hold the
+    connect for ever, so it is bounded by ``timeout`` seconds."""
     if nbd is None:
         raise exceptions.ConfigError('libnbd\'s Python bindings are missing: install '
                                      'python3-libnbd (tools/install-deps.sh links it)')
@@ -45,7 +51,19 @@ def served(objects: list[str], image_opts: str, read_only: bool,
             '--cache=none', *objects, '--image-opts', image_opts]
     h = nbd.NBD()
     try:
-        h.connect_systemd_socket_activation(argv)
+        h.aio_connect_systemd_socket_activation(argv)
+        deadline = time.monotonic() + timeout
+        while h.aio_is_connecting():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                with contextlib.suppress(nbd.Error):
+                    h.kill_subprocess(signal.SIGKILL)
+                raise exceptions.SourceError(
+                    f'{description}: qemu-nbd did not open it within {timeout:.0f} s '
+                    f'(the target accepts and does not answer?)')
+            h.poll(int(min(left, 0.5) * 1000) or 1)
+        if not h.aio_is_ready():
+            raise nbd.Error(f'connection state {h.connection_state()}')
     except nbd.Error as exc:
         raise exceptions.SourceError(f'{description}: qemu-nbd could not serve it: '
                                      f'{exc}') from None

@@ -29,7 +29,10 @@ class OverlayFill(JobKind):
         if not backing:
             return {'disk': disk, 'backing_file': None, 'note': 'already independent'}
         expected = job.params.get('expect_backing')
-        if expected and os.path.realpath(backing) != os.path.realpath(expected):
+        # The same string needs no resolving: realpath's lstat of a path on a hung
+        # mount (a stopped brick) would block this worker in the kernel.
+        if expected and backing != expected and \
+                os.path.realpath(backing) != os.path.realpath(expected):
             raise exceptions.BadInput(
                 f'{disk} is backed by {backing}, not {expected} as the job says: '
                 f'refusing to fill it')
@@ -38,7 +41,8 @@ class OverlayFill(JobKind):
             img.make_standalone(
                 disk, job.params.get('backing_format', 'raw'),
                 progress=lambda f: ctx.report(int(f * size) if size else 0, size),
-                cancelled=ctx.cancelled)
+                cancelled=ctx.cancelled, backing=backing,
+                stall_timeout=ctx.conf.image_handlers.read_timeout)
         except exceptions.CopyCancelled:
             raise
         except exceptions.ImageHandlerError as exc:

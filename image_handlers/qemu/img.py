@@ -12,6 +12,7 @@ import os
 import re
 import selectors
 import subprocess
+import time
 from typing import Any, Callable
 
 from image_handlers import exceptions
@@ -84,13 +85,50 @@ def create_overlay(path: str, backing: str, backing_format: str,
     _run(argv, f'creating overlay {path} on {backing}', timeout)
 
 
+def _io_counter(pid: int) -> int | None:
+    """Bytes the process has read and written so far (/proc/PID/io rchar + wchar,
+    all its threads): moves whenever qemu-img does I/O, also between the whole
+    percents its -p output shows (1 % of a 100 GiB disk is a long time)."""
+    try:
+        with open(f'/proc/{pid}/io') as f:
+            fields = dict(line.split(':', 1) for line in f if ':' in line)
+        return int(fields['rchar']) + int(fields['wchar'])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _stop(proc: subprocess.Popen, grace: float = 3.0) -> bool:
+    """SIGTERM, then SIGKILL; True once it ended. A process blocked in the kernel
+    on a hung file system (a FUSE request already sent) ends only when that
+    request is answered: False then, and it is left to end by itself."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    try:
+        proc.wait(grace)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def make_standalone(path: str, backing_format: str,
                     progress: Callable[[float], None] | None = None,
                     cancelled: Callable[[], bool] | None = None,
-                    poll: float = 0.2, objects: tuple[str, ...] = ()) -> None:
+                    poll: float = 0.2, objects: tuple[str, ...] = (),
+                    stall_timeout: float | None = None,
+                    backing: str = '') -> None:
     """Copy every block the overlay still reads from its backing file into it and
     drop the backing file (``qemu-img rebase -b ''``, safe mode). Rerunning it after
-    an interruption resumes: blocks already copied are not read again."""
+    an interruption resumes: blocks already copied are not read again.
+
+    ``stall_timeout``: qemu-img has no timeout of its own, so a backing file on a
+    hung server (a stopped Gluster brick, a stuck NFS) would hold it for ever. When
+    it neither reports progress nor reads or writes a byte for that many seconds it
+    is stopped and SourceError says so (the overlay keeps what was copied: it
+    still has its backing file, nothing is published)."""
     argv = [QEMU_IMG, 'rebase', *objects, '-p', '-f', 'qcow2', '-F', backing_format,
             '-b', '', path]
     try:
@@ -101,6 +139,8 @@ def make_standalone(path: str, backing_format: str,
     os.set_blocking(proc.stdout.fileno(), False)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
+    last_io, last_move = _io_counter(proc.pid), time.monotonic()
+    gave_up = False
     try:
         while proc.poll() is None:
             if cancelled is not None and cancelled():
@@ -111,13 +151,28 @@ def make_standalone(path: str, backing_format: str,
             for _key, _ in sel.select(poll):
                 chunk = proc.stdout.read() or b''
                 found = _PROGRESS.findall(chunk)
-                if found and progress is not None:
-                    progress(float(found[-1]) / 100)
+                if found:
+                    last_move = time.monotonic()
+                    if progress is not None:
+                        progress(float(found[-1]) / 100)
+            now_io = _io_counter(proc.pid)
+            if now_io != last_io:
+                last_io, last_move = now_io, time.monotonic()
+            if stall_timeout and time.monotonic() - last_move > stall_timeout:
+                ended, gave_up = _stop(proc), True
+                source = backing or 'its backing file'
+                raise exceptions.SourceError(
+                    f'making {path} independent of {source} stalled: qemu-img read '
+                    f'and wrote nothing for {stall_timeout:g} s ([image_handlers] '
+                    f'read_timeout; the server behind {source} hangs?), so it was '
+                    + ('stopped' if ended else
+                       f'sent SIGKILL (pid {proc.pid} is blocked in the kernel on '
+                       f'that file system and ends when it answers)')
+                    + f'; {path} still has its backing file')
     finally:
         sel.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None and not gave_up:
+            _stop(proc)
     err = proc.stderr.read().decode(errors='replace').strip()
     if proc.returncode != 0:
         hint = (' (a running guest has the disk open: the fill must go through '

@@ -1,37 +1,49 @@
-"""Real lab services killed mid-work (tools/service_faults.py), reduced: one seeded
-trial per fault. Its own Ceph (bluestore: a killed OSD keeps its data), Keystone,
-Glance, tgt and a Gluster volume of its own in the shared glusterd (only that
-volume's brick is killed), all stopped at the end. The full run (5 trials per
-fault) is ``.venv/bin/python -m tools.service_faults``; doc/reliability.rst reports
-it. No timing is asserted: the bounds measured are in the report."""
+"""Real lab services killed (and hung) mid-work (tools/service_faults.py), reduced:
+one seeded trial per fault and per hang. Its own Ceph (bluestore: a killed OSD
+keeps its data), Keystone, Glance, tgt and a Gluster volume of its own in the
+shared glusterd (only that volume's brick is killed or stopped), all stopped at
+the end. The full runs (5 trials per fault) are ``.venv/bin/python -m
+tools.service_faults`` and ``... --hang``; doc/reliability.rst reports them. No
+timing is asserted: the bounds measured are in the report."""
 from __future__ import annotations
 
 import json
 
 from tools import service_faults
 
+# Still unbounded, reported by the tool as a missed goal (doc/reliability.rst, "Not
+# measured yet"): shared_fs's checks of a new disk's file on a mount whose brick is
+# stopped block the request in the kernel until the brick answers.
+KNOWN_UNBOUNDED = {'hang-brick': {'a new disk'}}
+
 
 def test_every_service_fault_ends_clearly_leaves_nothing_and_recovers(tmp_path, capsys):
     report_file = tmp_path / 'report.json'
-    rc = service_faults.main(['--trials', '1', '--seed', '7', '--rbd-timeout', '3',
-                              '--read-timeout', '2', '--size-scale', '0.34',
-                              '--max-outage', '3', '--json', str(report_file)])
+    faults = service_faults.FAULTS + service_faults.HANG_FAULTS
+    service_faults.main(['--trials', '1', '--seed', '7', '--rbd-timeout', '3',
+                         '--read-timeout', '2', '--retries', '1',
+                         '--size-scale', '0.34', '--max-outage', '3',
+                         '--max-hold', '20', '--faults', ','.join(faults),
+                         '--json', str(report_file)])
     out = capsys.readouterr().out
-    assert rc == 0, out
-    assert 'goals: MET' in out
     saved = json.loads(report_file.read_text())
     report, trials = saved['report'], saved['trials']
-    assert set(report) == set(service_faults.FAULTS)
+    assert set(report) == set(faults), out
     for fault, r in report.items():
         assert r['trials'] == 1 and r['wrongly_published_bytes'] == 0, (fault, r)
         assert r['leftovers'] == [] and r['not_recovered'] == 0, (fault, r)
-        assert r['hung'] == 0, (fault, r)
+        assert r['hung'] == 0 and r['unclear'] == 0, (fault, r)
+        unbounded = {x.split(': ', 1)[1] for x in r['unbounded']}
+        assert unbounded <= KNOWN_UNBOUNDED.get(fault, set()), (fault, r)
     by_fault = {t['fault']: t for t in trials}
     for t in trials:
-        # Whatever the kill hit, the request ended: verified, or a clear error.
+        # Whatever the kill or hang hit, the request ended: verified, or a clear error.
         assert t['outcome'] in ('verified', 'done') or t['error'], t
         if t['outcome'] not in ('verified', 'done'):
             assert t['recovered'] is True, t
+    for fault in service_faults.HANG_FAULTS:
+        # held stopped, continued, and whatever it held ended before that
+        assert by_fault[fault]['held'] is not None, by_fault[fault]
     # A request that arrives while the service is down fails, naming it.
     assert by_fault['glance']['side']['rc'] != 0
     assert 'Glance' in by_fault['glance']['side']['error']
@@ -41,6 +53,10 @@ def test_every_service_fault_ends_clearly_leaves_nothing_and_recovers(tmp_path, 
     assert 'not connected' in by_fault['brick']['side']['error']
     assert by_fault['mon']['side']['rc'] != 0
     assert 'Ceph' in by_fault['mon']['side']['error']
+    # ... and while it hangs, within the bounds, naming it.
+    assert by_fault['hang-glance']['side']['rc'] != 0
+    assert 'Glance' in by_fault['hang-glance']['side']['error']
+    assert 'did not answer' in by_fault['hang-glance']['side']['error']
 
 
 # -- regressions found by the trials (against the suite's shared lab Ceph) ------------

@@ -36,8 +36,8 @@ import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .service import (LOOPBACK, LabService, ServiceError, free_port, group_members,
-                      port_open, tail)
+from .service import (LOOPBACK, LabService, ServiceError, continue_processes, free_port,
+                      group_members, port_open, stop_processes, tail)
 
 CEPH_MON = "/usr/bin/ceph-mon"
 CEPH_OSD = "/usr/bin/ceph-osd"
@@ -558,6 +558,18 @@ memstore page set = true"""
             raise ServiceError(f"{self.name}: {kind} {pid} survived SIGKILL")
         return pid
 
+    def pause_daemon(self, kind: str) -> list[int]:
+        """SIGSTOP the ``mon`` or the ``osd`` (a hung daemon: its sockets stay open
+        and nothing answers); returns its pid in a list for ``resume_daemon``."""
+        pid = self.daemon_pid(kind)
+        if pid is None:
+            raise ServiceError(f"{self.name}: no {kind} running")
+        return stop_processes([pid], f"{self.name} {kind}")
+
+    def resume_daemon(self, pids: list[int]) -> None:
+        """SIGCONT what ``pause_daemon`` stopped."""
+        continue_processes([p for p in pids if self._ours(p)])
+
     def start_daemon(self, kind: str, timeout: float = 60.0) -> float:
         """Start the ``mon`` or ``osd`` again on its data (outside the supervisor's
         process group: stop() finds it by its pid file) and wait until it serves: the
@@ -574,6 +586,19 @@ memstore page set = true"""
             self._restarted.append(subprocess.Popen(
                 argv, cwd=self.workdir, env=_daemon_env(), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        self._wait_serving(kind, t0, timeout, self._restarted[-1], "start_daemon")
+        return round(time.monotonic() - t0, 2)
+
+    def wait_serving(self, kind: str, timeout: float = 60.0) -> float:
+        """Wait until the running ``mon`` or ``osd`` serves (as start_daemon does),
+        e.g. after ``resume_daemon``; returns the seconds that took."""
+        t0 = time.monotonic()
+        self._wait_serving(kind, t0, timeout, None, "resume")
+        return round(time.monotonic() - t0, 2)
+
+    def _wait_serving(self, kind: str, t0: float, timeout: float,
+                      proc: subprocess.Popen | None, after: str) -> None:
+        """The mon answers ``ceph status``, the OSD a read in every pool."""
         conf = ["-c", str(self.conf_path)]
         if kind == "mon":
             probes = [[CEPH, *conf, "--connect-timeout", "5", "status"]]
@@ -583,18 +608,16 @@ memstore page set = true"""
         deadline = t0 + timeout
         for probe in probes:
             while True:
-                proc = subprocess.run(probe, env=dict(_daemon_env(), **self.env()),
+                done = subprocess.run(probe, env=dict(_daemon_env(), **self.env()),
                                       capture_output=True, timeout=timeout)
                 # stat of a missing object answers ENOENT (exit 2): the OSD served it.
-                if proc.returncode == 0 or (kind == "osd" and b"No such file" in proc.stderr):
+                if done.returncode == 0 or (kind == "osd" and b"No such file" in done.stderr):
                     break
-                if self._restarted[-1].poll() is not None:
-                    self._fail(f"{kind} exited ({self._restarted[-1].returncode}) "
-                               f"after start_daemon")
+                if proc is not None and proc.poll() is not None:
+                    self._fail(f"{kind} exited ({proc.returncode}) after {after}")
                 if time.monotonic() > deadline:
-                    self._fail(f"{kind} not serving {timeout:.0f} s after start_daemon")
+                    self._fail(f"{kind} not serving {timeout:.0f} s after {after}")
                 time.sleep(0.1)
-        return round(time.monotonic() - t0, 2)
 
     def osd_rss_kib(self) -> int | None:
         """Resident memory of the OSD (memstore keeps the data there), or None."""

@@ -9,6 +9,7 @@ deletes the volume afterwards.
     vol.mountpoint                # <run>/<name>/mnt, fuse.glusterfs
     vol.kill_brick()              # SIGKILL its glusterfsd, as a crash would
     vol.start_brick()             # ``gluster volume start VOL force``; waits for I/O
+    pids = vol.pause_brick()      # SIGSTOP it (a hang); vol.resume_brick(pids) after
     vol.stop()                    # umount, volume stop + delete, remove the dir
 """
 
@@ -22,7 +23,8 @@ from typing import Any
 
 from . import mounts
 from .gluster import MOUNT, GlusterService, volume_processes
-from .service import LabService, ServiceError, alive
+from .service import (LabService, ServiceError, alive, continue_processes,
+                      stop_processes)
 
 
 class GlusterVolume(LabService):
@@ -112,6 +114,34 @@ class GlusterVolume(LabService):
         if alive(pid):
             raise ServiceError(f"{self.name}: brick {pid} survived SIGKILL")
         return pid
+
+    def pause_brick(self) -> list[int]:
+        """SIGSTOP this volume's brick: it keeps its sockets and answers nothing (a
+        hung server, not a dead one). Returns its pid in a list for resume_brick."""
+        pid = self.brick_pid()
+        if pid is None:
+            raise ServiceError(f"{self.name}: no brick running")
+        return stop_processes([pid], f"{self.name} brick")
+
+    def set_option(self, key: str, value: str) -> None:
+        """``gluster volume set VOL KEY VALUE`` (e.g. performance.io-cache off, so
+        the FUSE client's own cache does not answer reads a test wants from the
+        brick)."""
+        self.gluster._cli("volume", "set", self.volume, key, value)
+
+    @staticmethod
+    def drop_cached(path: Path) -> None:
+        """Drop the client's cached pages of a file on the mount (written through
+        it just now), so the next read asks the brick."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+    def resume_brick(self, pids: list[int]) -> None:
+        """SIGCONT what ``pause_brick`` stopped."""
+        continue_processes(pids)
 
     def start_brick(self, timeout: float = 60.0) -> float:
         """``gluster volume start VOL force`` (restarts a dead brick), then wait until

@@ -105,6 +105,40 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def stop_processes(pids: list[int], what: str, timeout: float = 5.0) -> list[int]:
+    """SIGSTOP pids (a hang: sockets stay open, nothing answers) and wait until the
+    kernel shows each stopped; returns those stopped. Pair it with
+    ``continue_processes`` in a ``finally`` (or use ``held_stopped``)."""
+    stopped = []
+    try:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            stopped.append(pid)
+        deadline = time.monotonic() + timeout
+        while any((_proc_stat(p) or ["T"])[0] not in ("T", "t", "Z", "X")
+                  for p in stopped):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{what}: pids {stopped} not stopped {timeout:.0f} s "
+                                   "after SIGSTOP")
+            time.sleep(0.01)
+    except BaseException:
+        continue_processes(stopped)
+        raise
+    return stopped
+
+
+def continue_processes(pids: list[int]) -> None:
+    """SIGCONT what ``stop_processes`` stopped (gone ones are skipped)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def tail(path: Path, lines: int = 30) -> str:
     """Last lines of a log file, for error messages."""
     try:
@@ -369,6 +403,18 @@ class LabService(abc.ABC):
         self._reap()
         if group_members(pid):
             raise ServiceError(f"{self.name}: process group {pid} survived SIGKILL")
+
+    def pause(self) -> list[int]:
+        """SIGSTOP the daemon's whole process group, as a hang (its sockets stay
+        open, nothing answers); returns the pids. Always ``resume(pids)`` after."""
+        pid = self.pid()
+        if pid is None:
+            raise ServiceError(f"{self.name}: not running")
+        return stop_processes(group_members(pid), self.name)
+
+    def resume(self, pids: list[int]) -> None:
+        """SIGCONT what ``pause`` stopped."""
+        continue_processes(pids)
 
     def restart(self) -> "LabService":
         """Run the daemon again on what prepare() made before (same port, data), and
