@@ -78,6 +78,7 @@ CLI = os.path.join(os.path.dirname(sys.executable), 'image-handlers')
 BOUNDS = {'rbd_timeout': 5, 'read_timeout': 3, 'retries': 3}
 SCALE = {'size': 1.0, 'outage': 8.0, 'hold': 30.0}  # --size-scale, --max-outage, --max-hold
 HARD_CAP = 240.0        # a request still running after this is reported as hung
+RECOVERY_PATIENCE = 120.0   # a hang's request is asked again until this long after
 
 
 @dataclasses.dataclass
@@ -90,6 +91,9 @@ class Trial:
     held: float | None = None   # hang: seconds it was held stopped (ends early
                                 # once the requests ended)
     hit: bool | None = None     # hang: the work was still running when it stopped
+    recovered_after: float | None = None    # hang: seconds from SIGCONT to the
+                                # first success of the same request
+    recovery_failures: int = 0  # requests that failed before that
     unbounded: list = dataclasses.field(default_factory=list)  # hang: requests
                                 # still waiting when the service was continued
     outcome: str = ''           # 'verified' / 'done', or the error's class
@@ -441,12 +445,14 @@ class Trials:
                                       lambda: work.ended is not None)
             if work.ended is None:
                 trial.unbounded.append('the request')
+            continued = time.monotonic()
             trial.restart = ceph.wait_serving(daemon)
             self._finish(trial, work, killed)
         else:
+            continued = None
             self._rbd_kill(trial, work, daemon, name, image_id, killed)
         self._rbd_check(trial, name, before, image_id, target, purpose, data, clone,
-                        daemon)
+                        daemon, continued)
         return trial
 
     def _rbd_kill(self, trial: Trial, work: Work, daemon: str, name: str,
@@ -464,7 +470,7 @@ class Trials:
 
     def _rbd_check(self, trial: Trial, name: str, before: set[str], image_id: str,
                    target: str, purpose: str, data: bytes, clone: bool,
-                   daemon: str) -> None:
+                   daemon: str, continued: float | None = None) -> None:
         """What the request (and its recovery) published and left."""
         made = self.lab.rbd_names() - before
         if clone and trial.outcome != 'verified' and name in made:
@@ -479,7 +485,8 @@ class Trials:
         if trial.outcome != 'verified' or daemon == 'mon':
             again = name if trial.outcome != 'verified' else f'{name}-again'
             self._recover(trial, image_id, target if trial.outcome != 'verified'
-                          else f'rbd:vms/{again}', purpose, data, clone)
+                          else f'rbd:vms/{again}', purpose, data, clone,
+                          since=continued)
             if trial.recovered:
                 published.add(again)
         if trial.side.get('rc') == 0:
@@ -498,15 +505,26 @@ class Trials:
             shutil.rmtree(os.path.dirname(target), ignore_errors=True)
 
     def _recover(self, trial: Trial, image_id: str, target: str, purpose: str,
-                 data: bytes, clone: bool, conf=None) -> None:
+                 data: bytes, clone: bool, conf=None, since: float | None = None
+                 ) -> None:
         """The same request once the service is back, in this process (as in a
-        nova-compute that lived through the outage)."""
-        try:
-            result = api.fetch(conf or self.conf, image_id, target, purpose=purpose)
-        except Exception as exc:  # noqa: BLE001 - reported
-            trial.recovered = False
-            trial.recovery = _short(exc, 1500)
-            return
+        nova-compute that lived through the outage). With ``since`` (a hang: the
+        time the service was continued) a failed request is asked again until
+        RECOVERY_PATIENCE seconds after it, and the seconds to the first success
+        are recorded (``recovered_after``)."""
+        while True:
+            try:
+                result = api.fetch(conf or self.conf, image_id, target, purpose=purpose)
+                break
+            except Exception as exc:  # noqa: BLE001 - reported
+                trial.recovered = False
+                trial.recovery = _short(exc, 1500)
+                trial.recovery_failures += 1
+                if since is None or time.monotonic() - since > RECOVERY_PATIENCE:
+                    return
+                time.sleep(2.0)
+        if since is not None:
+            trial.recovered_after = round(time.monotonic() - since, 2)
         trial.recovered = True
         trial.recovery = f'{result.handler}@{result.location}'
         got = (self.lab.rbd_read('vms', target.split('/', 1)[1], len(data)) if clone
@@ -846,6 +864,9 @@ def summarise(trials: list[Trial], baseline: dict[str, float]) -> dict:
             'to_error_max': max(errors) if errors else None,
             'side_error_max': max(sides) if sides else None,
             'not_recovered': sum(1 for t in rows if t.recovered is False),
+            'recovered_after_max': max((t.recovered_after for t in rows
+                                        if t.recovered_after is not None), default=None),
+            'recovery_failures': sum(t.recovery_failures for t in rows),
             'hung': sum(1 for t in rows if t.outcome == 'hung'),
             'unbounded': [f'{t.seed}: {x}' for t in rows for x in t.unbounded],
             'missed': sum(1 for t in rows if t.hit is False),
@@ -980,7 +1001,7 @@ def _run(args, faults: list[str]) -> int:
           f'retries {BOUNDS["retries"]}')
     print(f'{"fault":<14} {"trials":>6}  {"outcomes":<34} {"to error max":>12} '
           f'{"side err max":>12} {"recovered":>9} {"wrong":>5} {"left":>4} '
-          f'{"restart max":>11} {"held max":>9} {"unbounded":>9}')
+          f'{"restart max":>11} {"held max":>9} {"unbounded":>9} {"back after max":>14}')
     for fault, r in report.items():
         outcomes = ', '.join(f'{k} {v}' for k, v in sorted(r['outcomes'].items()))
         fmt = (lambda v: f'{v:.2f} s' if v is not None else '-')
@@ -989,7 +1010,7 @@ def _run(args, faults: list[str]) -> int:
               f'{r["trials"] - r["not_recovered"]:>4}/{r["trials"]:<4} '
               f'{r["wrongly_published_bytes"]:>5} {len(r["leftovers"]):>4} '
               f'{r["restart_max"]:>9.2f} s {fmt(r["held_max"]):>9} '
-              f'{len(r["unbounded"]):>9}')
+              f'{len(r["unbounded"]):>9} {fmt(r["recovered_after_max"]):>14}')
     missed = goals_missed(report)
     print('goals: ' + ('MET (nothing published wrongly, nothing left, every request '
                        'succeeded once the service was back, no request hung'
