@@ -14,7 +14,9 @@ answered 409 "Image has active task" (or, when two requests race for the lock,
 409 "... prior operation is still in progress"; measured, Glance 33); a host that
 gets either, or sees the store in ``os_glance_importing_to_stores``, waits for that
 copy instead of starting one, and a host that asks after it finished gets 400
-"already present".
+"already present". (Once, in CI, two calls racing for the lock were both accepted:
+the lock is Glance's, and Glance then copies twice; each host still checks and
+clones what it finds.)
 Later boots find the image in this cluster and rbd_clone serves them (O(1)); this
 handler then refuses, saying so.
 
