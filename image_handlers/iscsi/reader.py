@@ -52,16 +52,9 @@ def served(objects: list[str], image_opts: str, read_only: bool,
     h = nbd.NBD()
     try:
         h.aio_connect_systemd_socket_activation(argv)
-        deadline = time.monotonic() + timeout
-        while h.aio_is_connecting():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                with contextlib.suppress(nbd.Error):
-                    h.kill_subprocess(signal.SIGKILL)
-                raise exceptions.SourceError(
+        _poll_until(h, lambda: not h.aio_is_connecting(), timeout,
                     f'{description}: qemu-nbd did not open it within {timeout:.0f} s '
                     f'(the target accepts and does not answer?)')
-            h.poll(int(min(left, 0.5) * 1000) or 1)
         if not h.aio_is_ready():
             raise nbd.Error(f'connection state {h.connection_state()}')
     except nbd.Error as exc:
@@ -113,18 +106,24 @@ def read_through(h, start: int, end: int, sink: Callable[[bytes], None],
     return reached
 
 
-def _wait(h, cookie: int, offset: int, timeout: float, description: str) -> None:
+def _poll_until(h, done: Callable[[], bool], timeout: float, timed_out: str) -> None:
+    """Run libnbd's state machine until ``done()``; after ``timeout`` seconds kill
+    qemu-nbd (its target does not answer) and raise SourceError(``timed_out``)."""
     deadline = time.monotonic() + timeout
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            with contextlib.suppress(nbd.Error):
+                h.kill_subprocess(signal.SIGKILL)
+            raise exceptions.SourceError(timed_out)
+        h.poll(int(min(left, 0.5) * 1000) or 1)
+
+
+def _wait(h, cookie: int, offset: int, timeout: float, description: str) -> None:
     try:
-        while not h.aio_command_completed(cookie):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                with contextlib.suppress(nbd.Error):
-                    h.kill_subprocess(signal.SIGKILL)
-                raise exceptions.SourceError(
+        _poll_until(h, lambda: h.aio_command_completed(cookie), timeout,
                     f'{description}: no answer for {timeout:.0f} s reading byte '
                     f'{offset} (target gone?)')
-            h.poll(int(min(left, 0.5) * 1000) or 1)
     except nbd.Error as exc:
         raise exceptions.SourceError(f'{description}: read at byte {offset} failed: '
                                      f'{exc}') from None
